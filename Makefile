@@ -1,0 +1,40 @@
+# htr-triton: the two set-up commands are `make demo` and `make test`; both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SHARED ?= ../shared/data/kaggle_names
+export HTR_DATA ?= $(abspath $(SHARED))
+
+.PHONY: install build test test-fast demo bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==24.3.1
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed build  ## venv + pinned requirements + editable install (builds the Cython extension)
+
+build: $(VENV)/.installed  ## (re)compile the Cython kernels in place after editing a .pyx
+	$(PY) setup.py -q build_ext --inplace
+
+test: install  ## run the whole test suite (Cython and pure-Python reference paths)
+	$(PY) -m pytest -q tests
+	HTR_PURE_PYTHON=1 $(PY) -m pytest -q tests/test_preprocess.py tests/test_ctc.py
+
+demo: install  ## run the main job end to end on the bundled defaults
+	$(PY) -m htr.cli demo --data $(HTR_DATA)
+
+bench: install  ## timing goals (see BENCHMARKS.md)
+	$(PY) bench/preprocess_bench.py --data $(HTR_DATA)
+	$(PY) bench/decode_bench.py
+
+clean:  ## remove build outputs (keeps the venv)
+	rm -rf build preprocess/_*.c preprocess/*.so *.egg-info

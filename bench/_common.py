@@ -1,0 +1,73 @@
+"""Shared helpers for the benchmark scripts: data location, timing, result tables."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("HTR_DATA", ROOT.parent / "shared" / "data" / "kaggle_names"))
+
+
+def require_data(data: Path) -> Path:
+    if not (data / "labelled").is_dir():
+        sys.exit(
+            f"error: real images not found at {data}/labelled. Pass --data DIR pointing at the Kaggle-layout "
+            "folder (labelled/, labels.csv), or set HTR_DATA."
+        )
+    return data
+
+
+def read_labelled_blobs(data: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((data / "labelled").glob("*.jpg"))]
+
+
+def interleaved_timings(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Time each callable ``repeats`` times, interleaved so that machine noise hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(ts: list[float]) -> dict:
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "repeats": len(ts)}
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} ({cpu}, {os.cpu_count()} cores, Python {platform.python_version()})"
+
+
+def stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {path}")
+
+
+def goal_line(name: str, ratio: float, goal: float) -> tuple[str, bool]:
+    ok = ratio >= goal
+    return f"| {name} | {ratio:.2f}x | >= {goal:g}x | {'PASS' if ok else 'FAIL'} |", ok
