@@ -1,0 +1,59 @@
+"""``htr``: the project's command line. Each subcommand lives in its own module and registers itself.
+
+    htr demo        run the main job end to end on the bundled defaults
+    htr synth       write synthetic handwriting in the Kaggle layout
+    htr train       train the CRNN (Prometheus metrics on a port)
+    htr eval        score a checkpoint on a labelled folder
+
+``htr <command> --help`` explains each one.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module defining ``add_parser(subparsers)``; modules import lazily so that
+# ``htr --help`` stays fast and a subcommand's heavy dependencies load only when it runs.
+COMMANDS = {
+    "demo": "htr.demo",
+    "synth": "htr.synth",
+    "train": "htr.train",
+    "eval": "htr.evaluate",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="htr", description=__doc__, formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=f"(see htr {name} --help)")
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # not built yet
+        mod.add_parser(sub, _HelpFormatter)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(wanted)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
