@@ -12,11 +12,11 @@ export HTR_DATA ?= $(abspath $(SHARED))
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-fonts.txt setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==24.3.1
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -r requirements-fonts.txt
 	$(PIP) install -q --no-build-isolation -e .
 	touch $@
 

@@ -30,7 +30,7 @@ class InputConfig:
 class ModelConfig:
     """CRNN hyperparameters; the loader rebuilds the network from these."""
 
-    cnn_channels: tuple[int, ...] = (32, 64, 128, 128, 256, 256)
+    cnn_channels: tuple[int, ...] = (32, 64, 96, 96, 128, 128)
     lstm_hidden: int = 128
     lstm_layers: int = 2
     dropout: float = 0.2

@@ -1,0 +1,80 @@
+"""``htr eval``: score a checkpoint on a labelled Kaggle-layout folder and print one JSON object.
+
+Example::
+
+    htr eval --checkpoint models/crnn_names.pt --labels ../shared/data/kaggle_names/labels.csv \\
+             --images ../shared/data/kaggle_names/labelled --split eval --json
+
+``--split eval`` keeps only the held-out real images (the hash split of ``htr.data.split_of``) that
+training never sees; ``--split all`` scores every row.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from .data import read_kaggle, split_samples
+from .metrics import score
+
+
+def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
+    p = sub.add_parser("eval", help="score a checkpoint on a labelled folder (JSON out)", description=__doc__,
+                       formatter_class=formatter_class)
+    p.add_argument("--checkpoint", type=Path, required=True, help="CRNN checkpoint (.pt)")
+    p.add_argument("--labels", type=Path, required=True, help="CSV with FILENAME,IDENTITY")
+    p.add_argument("--images", type=Path, default=None, help="image folder (default: beside the CSV)")
+    p.add_argument("--split", choices=["all", "eval", "train"], default="all",
+                   help="rows to score: all, or one side of the deterministic hash split")
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("--beam-width", type=int, default=10)
+    p.add_argument("--lexicon", type=Path, default=None, help="one allowed string per line (implies beam)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--predictions", type=Path, default=None, help="also write FILENAME,IDENTITY,PREDICTION,CONFIDENCE")
+    p.set_defaults(func=run)
+
+
+def evaluate(recognizer, samples) -> tuple[dict, list[tuple[str, float]]]:
+    t0 = time.perf_counter()
+    preds = recognizer.predict_files([s.path for s in samples])
+    elapsed = time.perf_counter() - t0
+    result = score([p for p, _ in preds], [s.text for s in samples])
+    result["seconds"] = round(elapsed, 3)
+    return result, preds
+
+
+def run(args) -> int:
+    from .recognize import Recognizer
+
+    samples, report = read_kaggle(args.labels, args.images)
+    if args.split != "all":
+        train, held = split_samples(samples)
+        samples = held if args.split == "eval" else train
+    if not samples:
+        print(f"error: no usable rows in {args.labels} (split {args.split})", file=sys.stderr)
+        return 2
+    rec = Recognizer(args.checkpoint, device=args.device, decoder=args.decoder, lexicon=args.lexicon,
+                     beam_width=args.beam_width, batch_size=args.batch_size)
+    result, preds = evaluate(rec, samples)
+    result.update({
+        "checkpoint": str(args.checkpoint), "labels": str(args.labels), "split": args.split,
+        "decoder": rec.decoder, "lexicon": str(args.lexicon) if args.lexicon else None,
+        "dropped": dict(report.dropped),
+    })
+    if args.predictions:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.predictions, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["FILENAME", "IDENTITY", "PREDICTION", "CONFIDENCE"])
+            for s, (text, conf) in zip(samples, preds):
+                w.writerow([s.path.name, s.text, text, f"{conf:.4f}"])
+    if not args.json:
+        print(f"{report}\nscored {result['n']} images with {rec.decoder} decoding in {result['seconds']} s",
+              file=sys.stderr)
+    print(json.dumps(result, sort_keys=True))
+    return 0

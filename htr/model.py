@@ -1,0 +1,99 @@
+"""CRNN: a small VGG-style CNN, a 2-layer BiLSTM and a linear layer, returning CTC log-probabilities.
+
+Input ``(N, 1, H, W)`` float32 from :func:`htr.preprocess.preprocess_batch` (ink 1.0, paper 0.0),
+``H = cfg.input.height`` fixed, ``W`` any multiple of 4 (dynamic). Output ``(N, T, C)`` log-softmax
+with ``T = W // 4`` frames and ``C = len(alphabet) + 1`` classes. Decoding stays outside the graph.
+The module is scriptable and traceable (TorchScript, ONNX export with dynamic batch and width).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import HTRConfig
+
+#: Height pooling per stage: (2, 2), (2, 2), then (2, 1) twice: W shrinks by 4, H by 16.
+_POOLS = ((2, 2), (2, 2), (2, 1), (2, 1))
+
+
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class CRNN(nn.Module):
+    def __init__(self, cfg: HTRConfig):
+        super().__init__()
+        m = cfg.model
+        if len(m.cnn_channels) != 6:
+            raise ValueError(f"cnn_channels needs 6 entries (2 single convs, 2 pairs), got {m.cnn_channels}")
+        if cfg.input.height % 16:
+            raise ValueError(f"input height must be a multiple of 16, got {cfg.input.height}")
+        c = m.cnn_channels
+        layers: list[nn.Module] = []
+        layers += _conv(1, c[0]) + [nn.MaxPool2d(_POOLS[0])]
+        layers += _conv(c[0], c[1]) + [nn.MaxPool2d(_POOLS[1])]
+        layers += _conv(c[1], c[2]) + _conv(c[2], c[3]) + [nn.MaxPool2d(_POOLS[2])]
+        layers += _conv(c[3], c[4]) + _conv(c[4], c[5]) + [nn.MaxPool2d(_POOLS[3])]
+        self.cnn = nn.Sequential(*layers)
+        feat = c[5] * (cfg.input.height // 16)
+        self.proj = nn.Sequential(nn.Linear(feat, 2 * m.lstm_hidden), nn.Dropout(m.dropout))
+        self.rnn = nn.LSTM(2 * m.lstm_hidden, m.lstm_hidden, num_layers=m.lstm_layers, bidirectional=True,
+                           batch_first=True, dropout=m.dropout if m.lstm_layers > 1 else 0.0)
+        self.head = nn.Linear(2 * m.lstm_hidden, cfg.num_classes)
+        self.dropout = nn.Dropout(m.dropout)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.cnn(pixels)  # (N, C, H/16, W/4)
+        n, c, h, w = x.shape
+        x = x.permute(0, 3, 1, 2).reshape(n, w, c * h)  # (N, T, C*H/16)
+        x = self.proj(x)  # (N, T, 2*hidden)
+        x, _ = self.rnn(x)  # (N, T, 2*hidden)
+        x = self.head(self.dropout(x))  # (N, T, classes)
+        return x.log_softmax(-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+# A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
+# torch.load(weights_only=True) reads it: no pickled classes, nothing executed on load.
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: HTRConfig, **extra) -> None:
+    """Write ``{"config": dict, "state_dict": ..., **extra}`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": "htr-crnn/1", "config": cfg.to_dict(), "state_dict": model.state_dict(), **extra}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint safely (``weights_only=True``); raises ValueError with the reason if it is not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for corrupt files)
+        raise ValueError(f"{path} is not a readable checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "htr-crnn/1":
+        raise ValueError(f"{path} is not an htr CRNN checkpoint (missing format 'htr-crnn/1')")
+    return ckpt
+
+
+def load_model(path: str | Path, map_location="cpu") -> tuple[CRNN, HTRConfig, dict]:
+    """Rebuild the network from the config stored in the checkpoint; returns (model in eval mode, cfg, ckpt)."""
+    ckpt = load_checkpoint(path, map_location)
+    cfg = HTRConfig.from_dict(ckpt["config"])
+    model = CRNN(cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, cfg, ckpt

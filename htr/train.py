@@ -1,0 +1,419 @@
+"""``htr train``: train the CRNN with CTC on real, synthetic and pseudo-labelled handwriting.
+
+Example (CPU, the shared folder's training split + synthetic names rendered on the fly)::
+
+    htr train --out runs/names --real ../shared/data/kaggle_names --synth 4000 --epochs 30
+
+Real images from a Kaggle-layout folder are split by a hash of the file name (``htr.data.split_of``):
+the ``eval`` side is never trained on and is the validation set used for early stopping. More
+labelled data (e.g. the full Kaggle train CSV) comes in with ``--data CSV[:IMAGES]``. With
+``--pseudo DIR`` the current model reads unlabelled images with a lexicon-constrained beam search
+and the confident ones join the training set.
+
+Everything a resumed run needs is in ``OUT/last.pt``; ``OUT/best.pt`` holds the best validation CER.
+Prometheus metrics (loss, CER, exact match, learning rate, samples/s, epoch, memory) are served on
+``--metrics-port`` (loopback) while training runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .config import HTRConfig, InputConfig, ModelConfig
+from .data import Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples
+from .metrics import score
+from .model import CRNN, count_parameters, load_checkpoint, save_checkpoint
+from .preprocess import ctc_greedy_decode
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("HTR_DATA", ROOT.parent / "shared" / "data" / "kaggle_names"))
+
+
+def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
+    p = sub.add_parser("train", help="train the CRNN (CTC), metrics for Prometheus", description=__doc__,
+                       formatter_class=formatter_class)
+    g = p.add_argument_group("data")
+    g.add_argument("--real", type=Path, action="append", default=None,
+                   help=f"Kaggle-layout folder (labels.csv + labelled/), hash-split train/eval; repeatable "
+                        f"(default: {DEFAULT_DATA})")
+    g.add_argument("--data", action="append", default=[], metavar="CSV[:IMAGES]",
+                   help="extra labelled CSV (all rows used for training); repeatable")
+    g.add_argument("--real-repeat", type=int, default=4, help="times each real training image is seen per epoch")
+    g.add_argument("--synth", type=int, default=4000, help="synthetic samples rendered per epoch (0: none)")
+    g.add_argument("--names", type=Path, default=None, help="names corpus for synthetic text (default: beside --real)")
+    g.add_argument("--pseudo", type=Path, default=None, help="folder of unlabelled images to pseudo-label")
+    g.add_argument("--pseudo-threshold", type=float, default=0.9, help="keep pseudo-labels at least this confident")
+    g.add_argument("--pseudo-every", type=int, default=5, help="re-label every N epochs (and at start with --init)")
+    g.add_argument("--pseudo-weight", type=float, default=1.0, help="loss weight of pseudo-labelled samples")
+    g.add_argument("--lexicon", type=Path, default=None, help="lexicon for pseudo-labelling (default: --names)")
+    g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0: off)")
+    g.add_argument("--eval-fraction", type=float, default=1 / 3, help="share of real images held out (hash split)")
+    g = p.add_argument_group("model")
+    g.add_argument("--height", type=int, default=InputConfig.height)
+    g.add_argument("--width", type=int, default=InputConfig.width)
+    g.add_argument("--channels", default=",".join(map(str, ModelConfig.cnn_channels)), help="6 CNN widths")
+    g.add_argument("--hidden", type=int, default=ModelConfig.lstm_hidden, help="LSTM hidden size per direction")
+    g.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    g.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights and config")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup", type=float, default=0.05, help="warm-up share of all steps")
+    g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
+    g.add_argument("--patience", type=int, default=8, help="early stop after N epochs without a better val CER")
+    g.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit); the LR schedule still spans --epochs")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history.jsonl)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
+    g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    g.add_argument("--metrics-port", type=int, default=9109, help="Prometheus exporter port (0: off)")
+    g.add_argument("--metrics-addr", default="127.0.0.1", help="exporter bind address")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=run)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+class TrainMetrics:
+    """Prometheus gauges for a training run (``htr_train_*``), served by prometheus-client."""
+
+    def __init__(self, port: int, addr: str, run_name: str, device: str):
+        from prometheus_client import REGISTRY, Counter, Gauge, Info, start_http_server
+
+        names = getattr(REGISTRY, "_names_to_collectors", {})
+        for collector in {c for n, c in names.items() if n.startswith("htr_train_")}:
+            REGISTRY.unregister(collector)  # a second run in the same process (tests)
+        self.loss = Gauge("htr_train_loss", "CTC loss, mean over the last logging window", ["split"])
+        self.cer = Gauge("htr_train_cer", "character error rate", ["split"])
+        self.exact = Gauge("htr_train_exact_match", "exact-match rate", ["split"])
+        self.best_cer = Gauge("htr_train_best_cer", "best validation CER so far")
+        self.lr = Gauge("htr_train_learning_rate", "current learning rate")
+        self.rate = Gauge("htr_train_samples_per_second", "training throughput")
+        self.samples = Counter("htr_train_samples", "training samples processed")
+        self.epoch = Gauge("htr_train_epoch", "current epoch (1-based)")
+        self.step = Gauge("htr_train_step", "optimizer steps done")
+        self.memory = Gauge("htr_train_memory_bytes", "memory in use", ["kind"])
+        self.pseudo = Gauge("htr_train_pseudo_labels", "pseudo-labelled images in the training set")
+        Info("htr_train_run", "the training run").info({"run": run_name, "device": device})
+        self.server = None
+        if port:
+            self.server, _ = start_http_server(port, addr=addr)
+
+    def update_memory(self, device: torch.device):
+        try:
+            import resource
+
+            self.memory.labels("rss_max").set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        except Exception:  # noqa: BLE001
+            pass
+        if device.type == "cuda":
+            self.memory.labels("cuda_allocated").set(torch.cuda.memory_allocated(device))
+            self.memory.labels("cuda_reserved").set(torch.cuda.memory_reserved(device))
+
+    def close(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} but CUDA is not available on this machine")
+    return dev
+
+
+def ctc_loss(logprobs: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Weighted mean over the batch of per-item CTC loss / label length (PyTorch's 'mean' convention)."""
+    n, t, _ = logprobs.shape
+    per_item = F.ctc_loss(
+        logprobs.float().permute(1, 0, 2),  # (T, N, C)
+        batch["targets"], torch.full((n,), t, dtype=torch.long), batch["target_lengths"],
+        blank=0, reduction="none", zero_infinity=True,
+    )
+    per_item = per_item / batch["target_lengths"].clamp(min=1)
+    w = batch["weights"].to(per_item.device)
+    return (per_item * w).sum() / w.sum()
+
+
+def lr_lambda(total_steps: int, warmup: float):
+    warm = max(1, int(total_steps * warmup))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+@torch.inference_mode()
+def validate(model, loader, cfg: HTRConfig, device) -> dict:
+    model.eval()
+    preds, labels, losses = [], [], []
+    for batch in loader:
+        logprobs = model(batch["pixels"].to(device)).float()
+        losses.append(ctc_loss(logprobs, {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}).item())
+        preds += [t for t, _ in ctc_greedy_decode(logprobs.cpu().numpy(), cfg.alphabet, cfg.blank)]
+        labels += batch["texts"]
+    model.train()
+    result = score(preds, labels)
+    result["loss"] = float(np.mean(losses)) if losses else float("nan")
+    result["examples"] = [[t, p] for t, p in zip(labels[:5], preds[:5])]
+    return result
+
+
+def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, device, batch_size=64,
+                 progress=True) -> list[Sample]:
+    """Read unlabelled images with a lexicon beam search; keep those at least ``threshold`` confident."""
+    from tqdm import tqdm
+
+    from .preprocess import Lexicon, ctc_beam_decode, decode_images, preprocess_batch
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    lex = Lexicon(lexicon_words, cfg.alphabet, cfg.blank) if lexicon_words else None
+    kept = []
+    model.eval()
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(files), batch_size), desc="pseudo-label", disable=not progress, unit="batch"):
+            chunk = files[i : i + batch_size]
+            try:
+                images = decode_images([p.read_bytes() for p in chunk])
+            except ValueError:
+                continue  # a corrupt file: leave the whole chunk out rather than guess
+            pixels = preprocess_batch(images, cfg.input.height, cfg.input.width, cfg.input.binarize)
+            logprobs = model(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+            for path, (text, conf) in zip(chunk, ctc_beam_decode(logprobs, cfg.alphabet, 10, lex, cfg.blank)):
+                if text and conf >= threshold:
+                    kept.append(Sample(path, text, "pseudo"))
+    model.train()
+    return kept
+
+
+def _rng_state() -> dict:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": json.dumps([keys.tolist(), pos, has_gauss, cached]),
+            "python": json.dumps(random.getstate()[1])}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, cached = json.loads(state["numpy"])
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate((3, tuple(json.loads(state["python"])), None))
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def run(args) -> int:
+    from torch.utils.data import ConcatDataset, DataLoader
+    from tqdm import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    use_amp = device.type == "cuda" and args.amp != "off"
+    args.out.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed)
+
+    # config: from --init/--resume checkpoint, else from the flags
+    resume_ckpt = None
+    if args.resume:
+        last = args.out / "last.pt"
+        if not last.is_file():
+            raise SystemExit(f"error: --resume but {last} does not exist")
+        resume_ckpt = load_checkpoint(last)
+        cfg = HTRConfig.from_dict(resume_ckpt["config"])
+    elif args.init:
+        cfg = HTRConfig.from_dict(load_checkpoint(args.init)["config"])
+    else:
+        channels = tuple(int(c) for c in args.channels.split(","))
+        cfg = HTRConfig(input=InputConfig(height=args.height, width=args.width),
+                        model=ModelConfig(cnn_channels=channels, lstm_hidden=args.hidden, dropout=args.dropout))
+
+    # data
+    real_dirs = args.real if args.real is not None else [DEFAULT_DATA]
+    train_samples, val_samples = [], []
+    for d in real_dirs:
+        samples, report = read_kaggle(d / "labels.csv", None, cfg.alphabet)
+        tr, ev = split_samples(samples, args.eval_fraction)
+        print(f"{report}; train {len(tr)}, held out for validation {len(ev)}")
+        train_samples += tr * max(1, args.real_repeat)
+        val_samples += ev
+    for spec in args.data:
+        csv_path, _, images = spec.partition(":")
+        samples, report = read_kaggle(csv_path, images or None, cfg.alphabet)
+        print(report)
+        train_samples += samples
+    if not val_samples:
+        raise SystemExit("error: no validation images: give --real with a Kaggle-layout folder")
+    names_path = args.names or next((d / "names_corpus.txt" for d in real_dirs if (d / "names_corpus.txt").is_file()), None)
+    synth = None
+    if args.synth:
+        from .synth import SynthGenerator, load_names
+
+        names = load_names(names_path) if names_path else None
+        synth = SynthDataset(SynthGenerator(cfg.alphabet, names=names, seed=args.seed), args.synth, args.seed)
+    lexicon_words = None
+    if args.pseudo:
+        from .recognize import read_lexicon
+
+        lex_path = args.lexicon or names_path
+        lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None
+
+    collate = Collate(cfg, build_augment(args.augment) if args.augment > 0 else None)
+    val_loader = DataLoader(ImageDataset(val_samples), batch_size=64, shuffle=False, collate_fn=Collate(cfg))
+
+    # model + optimisation
+    model = CRNN(cfg).to(device)
+    if args.init and not args.resume:
+        model.load_state_dict(load_checkpoint(args.init)["state_dict"])
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    per_epoch = math.ceil((len(train_samples) + (args.synth or 0)) / args.batch_size)
+    total_steps = args.epochs * per_epoch  # --max-steps stops early but does not reshape the schedule
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, args.warmup))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, step, best_cer, stale, pseudo = 0, 0, float("inf"), 0, []
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["state_dict"])
+        opt.load_state_dict(resume_ckpt["optimizer"])
+        sched.load_state_dict(resume_ckpt["scheduler"])
+        start_epoch, step = resume_ckpt["epoch"], resume_ckpt["step"]
+        best_cer, stale = resume_ckpt["best_cer"], resume_ckpt["stale"]
+        pseudo = [Sample(Path(p), t, "pseudo", args.pseudo_weight) for p, t in resume_ckpt.get("pseudo", [])]
+        _set_rng_state(resume_ckpt["rng"])
+        print(f"resumed from {args.out / 'last.pt'} at epoch {start_epoch}, step {step}")
+
+    metrics = TrainMetrics(args.metrics_port, args.metrics_addr, args.out.name, str(device))
+    print(f"model: {count_parameters(model):,} parameters, input {cfg.input.height}x{cfg.input.width}, "
+          f"{cfg.num_classes} classes; device {device}{' + AMP' if use_amp else ''}; "
+          f"{len(train_samples)} real/extra + {args.synth} synthetic samples per epoch, {per_epoch} steps/epoch"
+          + (f"; metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics" if args.metrics_port else ""))
+
+    stop = {"now": False}
+
+    def _graceful(signum, _frame):
+        stop["now"] = True
+        print(f"\nsignal {signum}: finishing this step, saving last.pt", file=sys.stderr)
+
+    old_handlers = {s: signal.signal(s, _graceful) for s in (signal.SIGINT, signal.SIGTERM)}
+    history = open(args.out / "history.jsonl", "a")
+    model.train()
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            if args.pseudo and (epoch % args.pseudo_every == 0) and (epoch > 0 or args.init):
+                pseudo = [replace(s, weight=args.pseudo_weight) for s in pseudo_label(
+                    model, cfg, args.pseudo, lexicon_words, args.pseudo_threshold, device,
+                    progress=not args.no_progress)]
+                print(f"pseudo-labelled {len(pseudo)} images at confidence >= {args.pseudo_threshold}")
+            metrics.pseudo.set(len(pseudo))
+            parts = [ImageDataset(train_samples + pseudo)]
+            if synth is not None:
+                synth.epoch = epoch
+                parts.append(synth)
+            dataset = ConcatDataset(parts)
+            gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=gen,
+                                collate_fn=collate, num_workers=args.workers, drop_last=True,
+                                persistent_workers=False,
+                                worker_init_fn=lambda w: np.random.seed((args.seed * 7919 + epoch * 31 + w) % 2**32))
+            metrics.epoch.set(epoch + 1)
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, unit="batch")
+            window, t_window, n_window = [], time.perf_counter(), 0
+
+            def report(bar):
+                rate = n_window / max(1e-9, time.perf_counter() - t_window)
+                lr_now = sched.get_last_lr()[0]
+                metrics.loss.labels("train").set(float(np.mean(window)))
+                metrics.lr.set(lr_now)
+                metrics.rate.set(rate)
+                metrics.step.set(step)
+                metrics.update_memory(device)
+                bar.set_postfix(loss=f"{np.mean(window):.3f}", lr=f"{lr_now:.2e}", ips=f"{rate:.0f}")
+
+            for batch in bar:
+                pixels = batch["pixels"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    logprobs = model(pixels)
+                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                loss = ctc_loss(logprobs, batch)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                window.append(loss.item())
+                n_window += len(batch["texts"])
+                metrics.samples.inc(len(batch["texts"]))
+                if step % 10 == 0:
+                    report(bar)
+                    window, t_window, n_window = [], time.perf_counter(), 0
+                if stop["now"] or (args.max_steps and step >= args.max_steps):
+                    break
+            if window:
+                report(bar)
+            val = validate(model, val_loader, cfg, device)
+            metrics.loss.labels("val").set(val["loss"])
+            metrics.cer.labels("val").set(val["cer"])
+            metrics.exact.labels("val").set(val["exact_match"])
+            improved = val["cer"] < best_cer
+            best_cer, stale = (val["cer"], 0) if improved else (best_cer, stale + 1)
+            metrics.best_cer.set(best_cer)
+            record = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], "time": time.time(),
+                      **{f"val_{k}": v for k, v in val.items()}, "pseudo": len(pseudo)}
+            history.write(json.dumps(record) + "\n")
+            history.flush()
+            print(f"epoch {epoch + 1}: val loss {val['loss']:.3f} CER {val['cer']:.4f} exact {val['exact_match']:.3f} "
+                  f"(best CER {best_cer:.4f}{', saved best.pt' if improved else ''}) e.g. {val['examples'][:3]}")
+            state = {"epoch": epoch + 1, "step": step, "best_cer": best_cer, "stale": stale,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+                     "val": {k: v for k, v in val.items() if k != "examples"},
+                     "pseudo": [[str(s.path), s.text] for s in pseudo], "args": json.dumps(vars(args), default=str)}
+            save_checkpoint(args.out / "last.pt", model, cfg, **state)
+            if improved:
+                save_checkpoint(args.out / "best.pt", model, cfg, epoch=epoch + 1, step=step,
+                                val={k: v for k, v in val.items() if k != "examples"})
+            if stop["now"] or (args.max_steps and step >= args.max_steps):
+                break
+            if stale >= args.patience:
+                print(f"early stop: no better validation CER for {args.patience} epochs")
+                break
+    finally:
+        history.close()
+        metrics.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    print(f"done: best validation CER {best_cer:.4f}; checkpoints in {args.out}")
+    return 0

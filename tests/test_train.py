@@ -1,0 +1,129 @@
+"""Training: overfit one batch, CLI smoke runs, resume equality, metrics endpoint, eval CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import urllib.request
+
+import pytest
+import torch
+
+from htr.cli import main as cli
+from htr.config import HTRConfig, ModelConfig
+from htr.data import Collate, ImageDataset, read_kaggle
+from htr.metrics import score
+from htr.model import CRNN, load_checkpoint
+from htr.preprocess import ctc_greedy_decode
+from htr.train import ctc_loss
+
+TINY = ["--channels", "8,16,16,16,32,32", "--hidden", "16"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_kaggle(tmp_path_factory, kaggle_dir):
+    """A Kaggle-layout folder with 60 real labelled images (hash split still applies)."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "labelled").mkdir()
+    samples, _ = read_kaggle(kaggle_dir / "labels.csv")
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["FILENAME", "IDENTITY"])
+        for s in samples[:60]:
+            (root / "labelled" / s.path.name).write_bytes(s.path.read_bytes())
+            w.writerow([s.path.name, s.text])
+    (root / "names_corpus.txt").write_text("\n".join(s.text for s in samples) + "\n")
+    return root
+
+
+def test_overfit_one_batch(kaggle_dir):
+    """4 real images, a small CRNN, <= 450 steps: CTC loss below 0.5 and greedy decoding mostly right."""
+    torch.manual_seed(0)
+    cfg = HTRConfig(model=ModelConfig(cnn_channels=(16, 32, 48, 48, 64, 64), lstm_hidden=64, dropout=0.0))
+    samples, _ = read_kaggle(kaggle_dir / "labels.csv")
+    batch = Collate(cfg)([ImageDataset(samples[:4])[i] for i in range(4)])
+    model = CRNN(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(450):
+        loss = ctc_loss(model(batch["pixels"]), batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        if loss.item() < 0.05:
+            break
+    with torch.no_grad():  # train-mode BatchNorm: the memorised batch is the one being scored
+        logprobs = model(batch["pixels"])
+        final = ctc_loss(logprobs, batch).item()
+    texts = [t for t, _ in ctc_greedy_decode(logprobs.numpy(), cfg.alphabet)]
+    assert first > 10 and final < 0.5, f"loss went {first:.2f} -> {final:.3f}, not below 0.5 on one batch"
+    assert score(texts, batch["texts"])["cer"] < 0.25, texts  # an untrained model reads nothing (CER 1.0)
+
+
+def test_train_resume_equals_straight_run(tmp_path, tiny_kaggle):
+    common = ["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--augment", "0",
+              "--batch-size", "8", "--workers", "0", "--metrics-port", "0", "--no-progress", "--seed", "3", *TINY]
+    assert cli([*common, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    assert cli([*common, "--epochs", "2", "--max-steps", "5", "--out", str(tmp_path / "split")]) == 0
+    first = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert first["epoch"] == 1 and first["step"] == 5
+    assert cli([*common, "--epochs", "2", "--resume", "--out", str(tmp_path / "split")]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["step"] == b["step"] == 10
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    history = [json.loads(line) for line in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_train_serves_prometheus_metrics(tmp_path, tiny_kaggle, monkeypatch):
+    """The exporter answers while training runs: scrape it from inside the loop."""
+    import htr.train as train_mod
+
+    port = free_port()
+    scraped = {}
+    real_validate = train_mod.validate
+
+    def validate_and_scrape(*args, **kwargs):
+        result = real_validate(*args, **kwargs)
+        scraped["text"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return result
+
+    monkeypatch.setattr(train_mod, "validate", validate_and_scrape)
+    assert cli(["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--epochs", "1",
+                "--batch-size", "8", "--workers", "0", "--metrics-port", str(port), "--no-progress",
+                "--out", str(tmp_path / "m"), *TINY]) == 0
+    text = scraped["text"]
+    for name in ("htr_train_loss", "htr_train_learning_rate", "htr_train_samples_per_second", "htr_train_epoch",
+                 "htr_train_step", "htr_train_samples_total", "htr_train_memory_bytes", "process_resident_memory_bytes"):
+        assert f"\n{name}" in text, name
+    assert 'htr_train_epoch 1.0' in text
+
+
+def test_eval_cli_prints_json(tmp_path, tiny_kaggle, capsys):
+    assert cli(["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--epochs", "1",
+                "--max-steps", "3", "--batch-size", "8", "--workers", "0", "--metrics-port", "0", "--no-progress",
+                "--out", str(tmp_path / "e"), *TINY]) == 0
+    capsys.readouterr()
+    preds = tmp_path / "preds.csv"
+    assert cli(["eval", "--checkpoint", str(tmp_path / "e" / "best.pt"), "--labels", str(tiny_kaggle / "labels.csv"),
+                "--json", "--predictions", str(preds)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 60
+    for key in ("exact_match", "cer", "wer", "correct_chars"):
+        assert 0.0 <= result[key] <= 1.0 or key in ("cer", "wer")
+    rows = list(csv.DictReader(open(preds)))
+    assert len(rows) == 60 and set(rows[0]) == {"FILENAME", "IDENTITY", "PREDICTION", "CONFIDENCE"}
+    assert cli(["eval", "--checkpoint", str(tmp_path / "e" / "best.pt"), "--labels", str(tiny_kaggle / "labels.csv"),
+                "--split", "eval", "--decoder", "beam", "--lexicon", str(tiny_kaggle / "names_corpus.txt"), "--json"]) == 0
+    beam = json.loads(capsys.readouterr().out)
+    assert 0 < beam["n"] < 60 and beam["decoder"] == "beam"
