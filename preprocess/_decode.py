@@ -48,7 +48,9 @@ def _header_size(i: int, buf: np.ndarray, max_pixels: int) -> tuple[int, int, st
             f"image {i}: header announces a decompression bomb ({e}); over the limit of "
             f"{max_pixels / 1e6:g} megapixels; refused before decoding"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise ValueError(f"image {i}: not a decodable image ({len(buf)} bytes of unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image {i}: not a decodable image ({len(buf)} bytes): {e}") from None
 
 

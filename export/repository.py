@@ -1,0 +1,217 @@
+"""Write the Triton model repository: ``preprocess`` -> ``crnn`` -> ``ctc_decode``, wired by the ensemble ``htr``.
+
+Both variants come from this one generator:
+
+- ``target="cpu"``: ``crnn`` is a python-backend model running the TorchScript file on CPU (what the
+  bundled ``tritonserver`` of nvidia-pytriton can serve: it has the python backend only);
+- ``target="gpu"``: ``crnn`` uses the official image's ``tensorrt_plan`` (default), ``onnxruntime_onnx``
+  or ``pytorch_libtorch`` backend on the GPU.
+
+Configs are built as ``ModelConfig`` protobufs (``tritonclient.grpc.model_config_pb2``) and written in
+text format, so they are valid by construction. The alphabet and shapes come from the checkpoint's
+``HTRConfig``, embedded in every config as the ``htr_config`` parameter; nothing is typed twice.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from htr.config import HTRConfig
+
+from .engines import CONFIG_KEY, INPUT_NAME, OUTPUT_NAME, Shapes
+
+TEMPLATES = Path(__file__).resolve().parent / "triton_models"
+GPU_BACKENDS = {
+    # engine -> (platform or backend, default file, input name, output name)
+    "tensorrt": ("tensorrt_plan", "model.plan", INPUT_NAME, OUTPUT_NAME),
+    "onnxruntime": ("onnxruntime_onnx", "model.onnx", INPUT_NAME, OUTPUT_NAME),
+    "libtorch": ("pytorch_libtorch", "model.pt", f"{INPUT_NAME}__0", f"{OUTPUT_NAME}__0"),  # libtorch naming rule
+}
+ENSEMBLE, PREPROCESS, CRNN, DECODE = "htr", "preprocess", "crnn", "ctc_decode"
+
+
+@dataclass
+class RepositoryOptions:
+    target: str = "cpu"  # cpu | gpu
+    gpu_engine: str = "tensorrt"  # tensorrt | onnxruntime | libtorch (target gpu)
+    shapes: Shapes = field(default_factory=Shapes)
+    preprocess_instances: int = 2
+    crnn_instances: int = 1
+    decode_instances: int = 1
+    preprocess_threads: int = 1
+    torch_threads: int = 1
+    queue_delay_us: int = 2000
+    decoder: str = "greedy"  # greedy | beam
+    beam_width: int = 10
+    lexicon: list[str] | None = None
+    max_pixels: int = 50_000_000
+    max_bytes: int = 8 * 1024 * 1024
+    version: int = 1
+
+
+def _preferred(max_batch: int) -> list[int]:
+    sizes = [s for s in (8, 16, 32, 64, 128) if s <= max_batch]
+    return sizes or [max_batch]
+
+
+def _base(name: str, cfg: HTRConfig, opts: RepositoryOptions, kind: int, count: int, delay_us: int) -> mc.ModelConfig:
+    c = mc.ModelConfig(name=name, max_batch_size=opts.shapes.max_batch)
+    c.version_policy.latest.num_versions = 1
+    c.instance_group.add(kind=kind, count=count)
+    c.dynamic_batching.preferred_batch_size.extend(_preferred(opts.shapes.max_batch))
+    c.dynamic_batching.max_queue_delay_microseconds = delay_us
+    c.parameters[CONFIG_KEY].string_value = cfg.to_json()
+    return c
+
+
+def _tensor(container, name: str, dtype: int, dims: list[int], optional: bool = False):
+    t = container.add(name=name, data_type=dtype, dims=dims)
+    if optional:
+        t.optional = True
+    return t
+
+
+def preprocess_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
+    c = _base(PREPROCESS, cfg, opts, mc.ModelInstanceGroup.KIND_CPU, opts.preprocess_instances, opts.queue_delay_us)
+    c.backend = "python"
+    _tensor(c.input, "IMAGE_BYTES", mc.TYPE_STRING, [1])
+    _tensor(c.output, "PIXELS", mc.TYPE_FP32, [1, cfg.input.height, cfg.input.width])
+    _tensor(c.output, "ERROR", mc.TYPE_STRING, [1])
+    c.parameters["threads"].string_value = str(opts.preprocess_threads)
+    c.parameters["max_pixels"].string_value = str(opts.max_pixels)
+    c.parameters["max_bytes"].string_value = str(opts.max_bytes)
+    w = c.model_warmup.add(name="one_png", batch_size=1)
+    w.inputs["IMAGE_BYTES"].data_type = mc.TYPE_STRING
+    w.inputs["IMAGE_BYTES"].dims.extend([1])
+    w.inputs["IMAGE_BYTES"].input_data_file = "sample.bin"
+    return c
+
+
+def crnn_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
+    gpu = opts.target == "gpu"
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    c = _base(CRNN, cfg, opts, kind, opts.crnn_instances, opts.queue_delay_us)
+    if gpu:
+        platform, filename, in_name, out_name = GPU_BACKENDS[opts.gpu_engine]
+        c.platform = platform
+        c.default_model_filename = filename
+    else:
+        c.backend = "python"
+        in_name, out_name = INPUT_NAME, OUTPUT_NAME
+        c.parameters["model_file"].string_value = "model.pt"
+        c.parameters["torch_threads"].string_value = str(opts.torch_threads)
+    _tensor(c.input, in_name, mc.TYPE_FP32, [1, cfg.input.height, -1])
+    _tensor(c.output, out_name, mc.TYPE_FP32, [-1, cfg.num_classes])
+    for batch in sorted({1, opts.shapes.opt_batch}):
+        w = c.model_warmup.add(name=f"zeros_batch_{batch}", batch_size=batch)
+        w.inputs[in_name].data_type = mc.TYPE_FP32
+        w.inputs[in_name].dims.extend([1, cfg.input.height, cfg.input.width])
+        w.inputs[in_name].zero_data = True
+    return c
+
+
+def decode_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
+    c = _base(DECODE, cfg, opts, mc.ModelInstanceGroup.KIND_CPU, opts.decode_instances, opts.queue_delay_us)
+    c.backend = "python"
+    _tensor(c.input, "LOGPROBS", mc.TYPE_FP32, [-1, cfg.num_classes])
+    _tensor(c.input, "INPUT_ERROR", mc.TYPE_STRING, [1], optional=True)
+    _tensor(c.output, "TEXT", mc.TYPE_STRING, [1])
+    _tensor(c.output, "CONFIDENCE", mc.TYPE_FP32, [1])
+    _tensor(c.output, "ERROR", mc.TYPE_STRING, [1])
+    c.parameters["decoder"].string_value = "beam" if opts.lexicon else opts.decoder
+    c.parameters["beam_width"].string_value = str(opts.beam_width)
+    if opts.lexicon:
+        c.parameters["lexicon_file"].string_value = "lexicon.txt"
+    w = c.model_warmup.add(name="random_batch_1", batch_size=1)
+    w.inputs["LOGPROBS"].data_type = mc.TYPE_FP32
+    w.inputs["LOGPROBS"].dims.extend([cfg.input.width // 4, cfg.num_classes])
+    w.inputs["LOGPROBS"].random_data = True
+    return c
+
+
+def ensemble_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
+    c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=opts.shapes.max_batch)
+    c.parameters[CONFIG_KEY].string_value = cfg.to_json()
+    _tensor(c.input, "IMAGE_BYTES", mc.TYPE_STRING, [1])
+    _tensor(c.output, "TEXT", mc.TYPE_STRING, [1])
+    _tensor(c.output, "CONFIDENCE", mc.TYPE_FP32, [1])
+    _tensor(c.output, "ERROR", mc.TYPE_STRING, [1])
+    in_name, out_name = (GPU_BACKENDS[opts.gpu_engine][2:] if opts.target == "gpu" else (INPUT_NAME, OUTPUT_NAME))
+    steps = c.ensemble_scheduling.step
+    s = steps.add(model_name=PREPROCESS, model_version=-1)
+    s.input_map["IMAGE_BYTES"] = "IMAGE_BYTES"
+    s.output_map["PIXELS"] = "pixels"
+    s.output_map["ERROR"] = "preprocess_error"
+    s = steps.add(model_name=CRNN, model_version=-1)
+    s.input_map[in_name] = "pixels"
+    s.output_map[out_name] = "logprobs"
+    s = steps.add(model_name=DECODE, model_version=-1)
+    s.input_map["LOGPROBS"] = "logprobs"
+    s.input_map["INPUT_ERROR"] = "preprocess_error"
+    s.output_map["TEXT"] = "TEXT"
+    s.output_map["CONFIDENCE"] = "CONFIDENCE"
+    s.output_map["ERROR"] = "ERROR"
+    return c
+
+
+def _warmup_png(cfg: HTRConfig) -> bytes:
+    """A tiny encoded form-field image, serialised as Triton's raw BYTES input (4-byte length + data)."""
+    import cv2
+
+    img = np.full((cfg.input.height + 8, cfg.input.width), 255, np.uint8)
+    cv2.putText(img, "HTR", (8, cfg.input.height), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 0, 2)
+    ok, png = cv2.imencode(".png", img)
+    data = png.tobytes()
+    return len(data).to_bytes(4, "little") + data
+
+
+def write_config(model_dir: Path, config: mc.ModelConfig) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_artifact: Path) -> Path:
+    """(Re)write the four models under ``root``; ``crnn_artifact`` is the TorchScript file (cpu) or the
+    engine file for ``opts.gpu_engine`` (gpu). Other content of ``root`` is left alone."""
+    root = Path(root)
+    v = str(opts.version)
+    for name in (ENSEMBLE, PREPROCESS, CRNN, DECODE):
+        if (root / name).exists():
+            shutil.rmtree(root / name)
+
+    d = root / PREPROCESS
+    write_config(d, preprocess_config(cfg, opts))
+    (d / v).mkdir(parents=True)
+    shutil.copy(TEMPLATES / "preprocess.py", d / v / "model.py")
+    (d / "warmup").mkdir()
+    (d / "warmup" / "sample.bin").write_bytes(_warmup_png(cfg))
+
+    d = root / CRNN
+    write_config(d, crnn_config(cfg, opts))
+    (d / v).mkdir(parents=True)
+    if opts.target == "gpu":
+        shutil.copy(crnn_artifact, d / v / GPU_BACKENDS[opts.gpu_engine][1])
+    else:
+        shutil.copy(TEMPLATES / "crnn_torchscript.py", d / v / "model.py")
+        shutil.copy(crnn_artifact, d / v / "model.pt")
+
+    d = root / DECODE
+    write_config(d, decode_config(cfg, opts))
+    (d / v).mkdir(parents=True)
+    shutil.copy(TEMPLATES / "ctc_decode.py", d / v / "model.py")
+    if opts.lexicon:
+        (d / v / "lexicon.txt").write_text("\n".join(opts.lexicon) + "\n", encoding="utf-8")
+
+    d = root / ENSEMBLE
+    write_config(d, ensemble_config(cfg, opts))
+    (d / v).mkdir(parents=True)
+    return root
