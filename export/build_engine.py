@@ -57,6 +57,8 @@ def parse_args(argv=None):
     ap.add_argument("--decode-instances", type=int, default=1)
     ap.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of each CPU crnn instance")
     ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching max queue delay")
+    ap.add_argument("--no-dynamic-batching", action="store_true",
+                    help="leave dynamic batching off (only to measure what it buys)")
     ap.add_argument("--version", type=int, default=1, help="model version folder to write")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="Kaggle-layout folder whose labelled/ images drive the parity check")
@@ -155,7 +157,8 @@ def main(argv=None) -> int:
     opts = RepositoryOptions(
         target=args.target, gpu_engine=args.gpu_engine, shapes=shapes, preprocess_instances=args.preprocess_instances,
         crnn_instances=args.crnn_instances, decode_instances=args.decode_instances, torch_threads=args.torch_threads,
-        queue_delay_us=args.queue_delay_us, decoder=args.decoder, beam_width=args.beam_width, lexicon=lexicon,
+        queue_delay_us=args.queue_delay_us, dynamic_batching=not args.no_dynamic_batching, decoder=args.decoder,
+        beam_width=args.beam_width, lexicon=lexicon,
         version=args.version,
     )
     crnn_file = artifacts["torchscript"] if args.target == "cpu" else artifacts[need]

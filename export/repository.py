@@ -46,6 +46,7 @@ class RepositoryOptions:
     preprocess_threads: int = 1
     torch_threads: int = 1
     queue_delay_us: int = 2000
+    dynamic_batching: bool = True  # off only to measure what it buys (bench/serving_bench.py)
     decoder: str = "greedy"  # greedy | beam
     beam_width: int = 10
     lexicon: list[str] | None = None
@@ -63,8 +64,9 @@ def _base(name: str, cfg: HTRConfig, opts: RepositoryOptions, kind: int, count: 
     c = mc.ModelConfig(name=name, max_batch_size=opts.shapes.max_batch)
     c.version_policy.latest.num_versions = 1
     c.instance_group.add(kind=kind, count=count)
-    c.dynamic_batching.preferred_batch_size.extend(_preferred(opts.shapes.max_batch))
-    c.dynamic_batching.max_queue_delay_microseconds = delay_us
+    if opts.dynamic_batching:
+        c.dynamic_batching.preferred_batch_size.extend(_preferred(opts.shapes.max_batch))
+        c.dynamic_batching.max_queue_delay_microseconds = delay_us
     c.parameters[CONFIG_KEY].string_value = cfg.to_json()
     return c
 

@@ -35,3 +35,41 @@ def real_images(real_blobs):
     from htr.preprocess import decode_images
 
     return decode_images(real_blobs)
+
+
+# --- the shipped model and a real Triton server (started once per test session) ---------------------
+
+CHECKPOINT = Path(os.environ.get("HTR_CHECKPOINT", ROOT / "models" / "crnn_names.pt"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint() -> Path:
+    if not CHECKPOINT.is_file():
+        pytest.fail(f"shipped checkpoint not found at {CHECKPOINT} (set HTR_CHECKPOINT to use another)", pytrace=False)
+    return CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def cpu_repository(tmp_path_factory, checkpoint, kaggle_dir) -> Path:
+    """The CPU model repository built from the shipped checkpoint by export/build_engine.py."""
+    from htr.export.build_engine import main as build_engine
+
+    root = tmp_path_factory.mktemp("serving")
+    repo = root / "model_repository"
+    rc = build_engine(["--checkpoint", str(checkpoint), "--repository", str(repo), "--engines", str(root / "engines"),
+                       "--formats", "torchscript", "--data", str(kaggle_dir), "--parity-images", "16"])
+    assert rc == 0, "build_engine failed"
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(cpu_repository, tmp_path_factory):
+    """A real tritonserver (the one bundled in nvidia-pytriton) serving the CPU repository on free ports."""
+    from htr.serve import TritonServer, free_port
+
+    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    server = TritonServer(cpu_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=log)
+    server.start(ready_timeout=180)
+    yield server
+    server.stop()
