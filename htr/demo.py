@@ -1,8 +1,12 @@
 """``htr demo``: the main job end to end on the bundled defaults.
 
-Stages that exist so far: decode the real labelled images, preprocess them exactly as training and
-serving do, save a contact sheet of the network's view, and, when a checkpoint is present, read them
-offline and score the result.
+1. preprocess the real labelled images exactly as training and serving do (contact sheet saved);
+2. ``export/build_engine.py``: the shipped checkpoint -> TorchScript + ONNX (+ TensorRT where a GPU
+   is present), each checked against PyTorch, -> the Triton model repository;
+3. start the bundled ``tritonserver`` on loopback (``htr serve``'s machinery);
+4. recognise the sample images (``samples/``, synthetic, and the first real labelled images) over
+   gRPC and print file, text and confidence; score the held-out real images served the same way;
+5. stop the server.
 """
 from __future__ import annotations
 
@@ -21,8 +25,11 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p = sub.add_parser("demo", help="run the main job end to end on the bundled defaults",
                        description=__doc__, formatter_class=formatter_class)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (labelled/, labels.csv)")
-    p.add_argument("--limit", type=int, default=750, help="how many labelled images to use")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="where the contact sheet goes")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "crnn_names.pt")
+    p.add_argument("--repository", type=Path, default=ROOT / "model_repository", help="where the repository is written")
+    p.add_argument("--samples", type=Path, default=ROOT / "samples", help="bundled sample images (+ labels.csv)")
+    p.add_argument("--real", type=int, default=8, help="real labelled images to show after the samples")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="contact sheet and server log")
     p.set_defaults(func=run)
 
 
@@ -43,25 +50,86 @@ def contact_sheet(batch: np.ndarray, originals, path: Path, rows: int = 8) -> No
     cv2.imwrite(str(path), np.vstack(tiles))
 
 
+def _labels(csv_path: Path) -> dict[str, str]:
+    if not csv_path.is_file():
+        return {}
+    with open(csv_path, newline="") as f:
+        return {r["FILENAME"]: r["IDENTITY"] for r in csv.DictReader(f)}
+
+
+def _recognize(url: str, blobs: list[bytes]) -> list[tuple[str, float, str]]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    out = []
+    for i in range(0, len(blobs), 64):
+        chunk = blobs[i : i + 64]
+        inp = grpcclient.InferInput("IMAGE_BYTES", [len(chunk), 1], "BYTES")
+        inp.set_data_from_numpy(np.array(chunk, dtype=np.object_).reshape(-1, 1))
+        res = client.infer("htr", [inp], outputs=[grpcclient.InferRequestedOutput(n) for n in ("TEXT", "CONFIDENCE", "ERROR")])
+        for t, c, e in zip(*(res.as_numpy(n).reshape(-1) for n in ("TEXT", "CONFIDENCE", "ERROR"))):
+            out.append((t.decode(), float(c), e.decode()))
+    return out
+
+
 def run(args) -> int:
     from htr.config import HTRConfig
+    from htr.data import read_kaggle, split_samples
+    from htr.export.build_engine import main as build_engine
+    from htr.metrics import score
+    from htr.model import load_checkpoint
     from htr.preprocess import decode_images, preprocess_batch
+    from htr.serve import TritonServer, free_port
 
     labelled = args.data / "labelled"
     if not labelled.is_dir():
         raise SystemExit(f"error: {labelled} not found; pass --data pointing at the Kaggle-layout folder")
-    with open(args.data / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[: args.limit]
-    cfg = HTRConfig()
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"error: checkpoint {args.checkpoint} not found (train one with `htr train`)")
+    cfg = HTRConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+    samples, _ = read_kaggle(args.data / "labels.csv")
+
+    print("== 1. preprocessing (the same htr.preprocess calls as training and serving)")
     t0 = time.perf_counter()
-    blobs = [(labelled / r["FILENAME"]).read_bytes() for r in rows]
-    images = decode_images(blobs, threads=2)
+    images = decode_images([s.path.read_bytes() for s in samples], threads=2)
     t1 = time.perf_counter()
     batch = preprocess_batch(images, cfg.input.height, cfg.input.width, cfg.input.binarize, threads=2)
     t2 = time.perf_counter()
-    print(f"decoded {len(images)} JPEGs in {(t1 - t0) * 1e3:.0f} ms; preprocessed to {tuple(batch.shape)} "
-          f"in {(t2 - t1) * 1e3:.1f} ms ({len(images) / (t2 - t1):,.0f} images/s)")
-    sheet = args.out / "preprocessed.png"
-    contact_sheet(batch, images, sheet)
-    print(f"network input contact sheet (original above, ink = white below): {sheet}")
+    print(f"decoded {len(images)} JPEGs in {(t1 - t0) * 1e3:.0f} ms; preprocessed to {tuple(batch.shape)} in "
+          f"{(t2 - t1) * 1e3:.1f} ms ({len(images) / (t2 - t1):,.0f} images/s)")
+    contact_sheet(batch, images, args.out / "preprocessed.png")
+    print(f"contact sheet (original above, network input below): {args.out / 'preprocessed.png'}")
+
+    print("\n== 2. export/build_engine.py")
+    rc = build_engine(["--checkpoint", str(args.checkpoint), "--repository", str(args.repository),
+                       "--data", str(args.data), "--parity-images", "32"])
+    if rc:
+        return rc
+
+    print("\n== 3. tritonserver (bundled with nvidia-pytriton), loopback only")
+    server = TritonServer(args.repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=args.out / "tritonserver.log")
+    t0 = time.perf_counter()
+    server.start(ready_timeout=180)
+    print(f"ready in {time.perf_counter() - t0:.1f} s: gRPC {server.url_grpc}, HTTP {server.url_http}, "
+          f"metrics {server.url_metrics} (log: {server.log_path})")
+    try:
+        print("\n== 4. recognition over gRPC (ensemble htr: image bytes in, text + confidence out)")
+        shown = [(p, _labels(args.samples / "labels.csv").get(p.name, "")) for p in sorted(args.samples.glob("*.jpg"))]
+        shown += [(s.path, s.text) for s in samples[: args.real]]
+        results = _recognize(server.url_grpc, [p.read_bytes() for p, _ in shown])
+        print(f"{'file':<22} {'text':<20} {'confidence':>10}  {'label':<20}")
+        for (path, label), (text, conf, err) in zip(shown, results):
+            mark = "" if not label else ("ok" if text == label else "x")
+            print(f"{path.name:<22} {(text or '<' + err + '>'):<20} {conf:>10.3f}  {label:<20} {mark}")
+        _, held = split_samples(samples)
+        t0 = time.perf_counter()
+        served = _recognize(server.url_grpc, [s.path.read_bytes() for s in held])
+        elapsed = time.perf_counter() - t0
+        m = score([t for t, _, _ in served], [s.text for s in held])
+        print(f"\nheld-out real images (never trained on), served: n={m['n']} exact match {m['exact_match']:.1%}, "
+              f"CER {m['cer']:.1%}, correct characters {m['correct_chars']:.1%} ({m['n'] / elapsed:.0f} images/s)")
+    finally:
+        print("\n== 5. stopping the server")
+        server.stop()
     return 0

@@ -91,14 +91,13 @@ def test_train_serves_prometheus_metrics(tmp_path, tiny_kaggle, monkeypatch):
 
     port = free_port()
     scraped = {}
-    real_validate = train_mod.validate
+    real_save = train_mod.save_checkpoint
 
-    def validate_and_scrape(*args, **kwargs):
-        result = real_validate(*args, **kwargs)
+    def scrape_then_save(*args, **kwargs):  # runs after the epoch's validation metrics are set
         scraped["text"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        return result
+        return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "validate", validate_and_scrape)
+    monkeypatch.setattr(train_mod, "save_checkpoint", scrape_then_save)
     assert cli(["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--epochs", "1",
                 "--batch-size", "8", "--workers", "0", "--metrics-port", str(port), "--no-progress",
                 "--out", str(tmp_path / "m"), *TINY]) == 0
@@ -107,6 +106,13 @@ def test_train_serves_prometheus_metrics(tmp_path, tiny_kaggle, monkeypatch):
                  "htr_train_step", "htr_train_samples_total", "htr_train_memory_bytes", "process_resident_memory_bytes"):
         assert f"\n{name}" in text, name
     assert 'htr_train_epoch 1.0' in text
+    # every training metric the Grafana training dashboard queries is exported
+    import re
+    from pathlib import Path
+
+    dashboard = (Path(__file__).resolve().parents[1] / "monitoring/grafana/dashboards/training.json").read_text()
+    wanted = set(re.findall(r"htr_train_[a-z_]+", dashboard))
+    assert wanted and all(f"\n{name}" in text for name in wanted), wanted - {n for n in wanted if f"\n{n}" in text}
 
 
 def test_eval_cli_prints_json(tmp_path, tiny_kaggle, capsys):
