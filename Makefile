@@ -7,12 +7,16 @@ PIP := $(PY) -m pip
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install build test test-fast demo bench clean help
+.PHONY: install build test demo bench serve repository clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-fonts.txt setup.py pyproject.toml
+	@# the Triton python-backend stub embeds the system libpython of the same major.minor
+	@v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  ldconfig -p | grep -q "libpython$$v.so.1.0" || { echo "installing libpython$$v (Triton python-backend stub)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libpython$$v" >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==24.3.1
 	$(PIP) install -q torch==2.13.0
@@ -35,6 +39,13 @@ demo: install  ## run the main job end to end on the bundled defaults
 bench: install  ## timing goals (see BENCHMARKS.md)
 	$(PY) bench/preprocess_bench.py --data $(HTR_DATA)
 	$(PY) bench/decode_bench.py
+	$(PY) bench/serving_bench.py --data $(HTR_DATA)
+
+repository: install  ## build model_repository/ (CPU variant) from models/crnn_names.pt
+	$(PY) export/build_engine.py --checkpoint models/crnn_names.pt --repository model_repository --data $(HTR_DATA)
+
+serve: repository  ## serve model_repository/ on 127.0.0.1:8000 (HTTP), 8001 (gRPC), 8002 (metrics)
+	$(VENV)/bin/htr serve --repository model_repository
 
 clean:  ## remove build outputs (keeps the venv)
 	rm -rf build preprocess/_*.c preprocess/*.so *.egg-info

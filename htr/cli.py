@@ -4,6 +4,7 @@
     htr synth       write synthetic handwriting in the Kaggle layout
     htr train       train the CRNN (Prometheus metrics on a port)
     htr eval        score a checkpoint on a labelled folder
+    htr serve       run Triton on the model repository (foreground)
 
 ``htr <command> --help`` explains each one.
 """
@@ -20,6 +21,7 @@ COMMANDS = {
     "synth": "htr.synth",
     "train": "htr.train",
     "eval": "htr.evaluate",
+    "serve": "htr.serve",
 }
 
 
