@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         return 1
     lexicon = None
     if args.lexicon:
-        from htr.recognize import read_lexicon
+        from htr.decoding import read_lexicon
 
         lexicon = read_lexicon(args.lexicon, cfg.alphabet)
     opts = RepositoryOptions(

@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "htr.train",
     "eval": "htr.evaluate",
     "serve": "htr.serve",
+    "recognize": "htr.client.cli",
 }
 
 

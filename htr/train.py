@@ -285,7 +285,7 @@ def run(args) -> int:
         synth = SynthDataset(SynthGenerator(cfg.alphabet, names=names, seed=args.seed), args.synth, args.seed)
     lexicon_words = None
     if args.pseudo:
-        from .recognize import read_lexicon
+        from .decoding import read_lexicon
 
         lex_path = args.lexicon or names_path
         lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None

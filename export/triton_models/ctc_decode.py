@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from htr.config import HTRConfig  # noqa: E402
-from htr.preprocess import Lexicon, ctc_beam_decode, ctc_greedy_decode  # noqa: E402
+from htr.decoding import CTCDecoder  # noqa: E402
 
 
 class TritonPythonModel:
@@ -28,36 +28,15 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.cfg = HTRConfig.from_json(params["htr_config"])
-        self.decoder = params.get("decoder", "greedy")
-        self.beam_width = int(params.get("beam_width", 10))
-        self.lexicon = None
+        lexicon = None
         if params.get("lexicon_file"):
             path = Path(args["model_repository"]) / args["model_version"] / params["lexicon_file"]
-            words = [w for w in path.read_text(encoding="utf-8").splitlines() if w]
-            self.lexicon = Lexicon(words, self.cfg.alphabet, self.cfg.blank)
-            self.decoder = "beam"
-        if self.decoder not in ("greedy", "beam"):
-            raise pb_utils.TritonModelException(f"decoder must be greedy or beam, got {self.decoder!r}")
-
-    def _decode(self, logprobs):
-        if self.decoder == "greedy":
-            return ctc_greedy_decode(logprobs, self.cfg.alphabet, self.cfg.blank)
-        return ctc_beam_decode(logprobs, self.cfg.alphabet, self.beam_width, self.lexicon, self.cfg.blank)
-
-    def _decode_isolating(self, logprobs):
-        """Decode a batch; if one item is bad (NaN/inf), decode item by item so only it fails."""
+            lexicon = [w for w in path.read_text(encoding="utf-8").splitlines() if w]
         try:
-            return [(t, c, "") for t, c in self._decode(logprobs)]
-        except ValueError:
-            pass
-        out = []
-        for k in range(logprobs.shape[0]):
-            try:
-                (t, c), = self._decode(logprobs[k : k + 1])
-                out.append((t, c, ""))
-            except ValueError as e:
-                out.append(("", 0.0, str(e).replace("item 0", "this item", 1)))
-        return out
+            self.codec = CTCDecoder(self.cfg, params.get("decoder", "greedy"), int(params.get("beam_width", 10)),
+                                    lexicon)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from e
 
     def execute(self, requests):
         arrays, upstream = [], []
@@ -76,7 +55,7 @@ class TritonPythonModel:
                     results[i] = pb_utils.TritonError(
                         f"LOGPROBS has {shape[-1]} classes, the model's alphabet needs {self.cfg.num_classes}")
                 continue
-            decoded = self._decode_isolating(np.concatenate([arrays[i] for i in idx]))
+            decoded = self.codec.decode_items(np.concatenate([arrays[i] for i in idx]))
             start = 0
             for i in idx:
                 n = arrays[i].shape[0]
