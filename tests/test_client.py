@@ -321,3 +321,21 @@ def test_async_client_and_recognize_many_give_the_same_results(triton, labelled,
             preds = client.recognize_many(items, concurrency=3, batch_size=16, progress=done.append)
         assert_matches_offline(preds, offline)
         assert sum(done) == len(items)
+
+
+def test_served_csv_is_scored_like_htr_eval(triton, kaggle_dir, checkpoint, tmp_path, capsys):
+    """htr recognize --csv on the labelled folder, then htr eval --served: the same figures as offline eval."""
+    from htr.cli import main as cli
+
+    served = tmp_path / "served.csv"
+    assert cli(["recognize", "--url", triton.url_grpc, "--csv", "--output", str(served), "--no-progress",
+                str(kaggle_dir / "labelled")]) == 0
+    capsys.readouterr()
+    common = ["--labels", str(kaggle_dir / "labels.csv"), "--split", "eval", "--json"]
+    assert cli(["eval", "--served", str(served), *common]) == 0
+    via_server = json.loads(capsys.readouterr().out)
+    assert cli(["eval", "--checkpoint", str(checkpoint), *common]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    assert via_server["missing"] == 0 and via_server["n"] == offline["n"] > 200
+    for key in ("exact_match", "cer", "wer", "correct_chars"):
+        assert via_server[key] == pytest.approx(offline[key], abs=1e-9), key
