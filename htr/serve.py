@@ -317,7 +317,8 @@ class TritonServer:
     def check(self) -> None:
         """Everything that can be refused before starting: repository, ports, executable, stub."""
         if not self.repository.is_dir():
-            raise ServerError(f"model repository {self.repository} does not exist (or is not a folder)")
+            raise ServerError(f"model repository {self.repository} does not exist (or is not a folder); build it "
+                              "with `make repository` or `python export/build_engine.py --repository DIR`")
         ports = {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
         if len(set(ports.values())) != len(ports):
             raise ServerError(f"the HTTP, gRPC and metrics ports must differ: {ports}")
