@@ -72,10 +72,11 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup", type=float, default=0.05, help="warm-up share of all steps")
+    g.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the run (in epochs)")
     g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
     g.add_argument("--patience", type=int, default=8, help="early stop after N epochs without a better val CER")
-    g.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit); the LR schedule still spans --epochs")
+    g.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many steps (0: no limit); the LR schedule still spans --epochs")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history.jsonl)")
@@ -164,16 +165,16 @@ def ctc_loss(logprobs: torch.Tensor, batch: dict) -> torch.Tensor:
     return (per_item * w).sum() / w.sum()
 
 
-def lr_lambda(total_steps: int, warmup: float):
-    warm = max(1, int(total_steps * warmup))
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` of training, then cosine down to 2% of the peak.
 
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
+    ``progress`` is in epochs / total epochs (epoch + batch / batches in that epoch), not in steps:
+    pseudo-labelling changes how many batches an epoch has, the schedule still ends with the run.
+    """
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    rest = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * rest))
 
 
 @torch.inference_mode()
@@ -298,15 +299,18 @@ def run(args) -> int:
     if args.init and not args.resume:
         model.load_state_dict(load_checkpoint(args.init)["state_dict"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    per_epoch = math.ceil((len(train_samples) + (args.synth or 0)) / args.batch_size)
-    total_steps = args.epochs * per_epoch  # --max-steps stops early but does not reshape the schedule
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, args.warmup))
+    per_epoch = math.ceil((len(train_samples) + (args.synth or 0)) / args.batch_size)  # before pseudo-labels
+
+    def set_lr(progress: float) -> float:  # --max-steps stops early but does not reshape the schedule
+        lr = args.lr * lr_factor(progress / args.epochs, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return lr
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, step, best_cer, stale, pseudo = 0, 0, float("inf"), 0, []
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["state_dict"])
         opt.load_state_dict(resume_ckpt["optimizer"])
-        sched.load_state_dict(resume_ckpt["scheduler"])
         start_epoch, step = resume_ckpt["epoch"], resume_ckpt["step"]
         best_cer, stale = resume_ckpt["best_cer"], resume_ckpt["stale"]
         pseudo = [Sample(Path(p), t, "pseudo", args.pseudo_weight) for p, t in resume_ckpt.get("pseudo", [])]
@@ -352,7 +356,7 @@ def run(args) -> int:
 
             def report(bar):
                 rate = n_window / max(1e-9, time.perf_counter() - t_window)
-                lr_now = sched.get_last_lr()[0]
+                lr_now = opt.param_groups[0]["lr"]
                 metrics.loss.labels("train").set(float(np.mean(window)))
                 metrics.lr.set(lr_now)
                 metrics.rate.set(rate)
@@ -360,7 +364,8 @@ def run(args) -> int:
                 metrics.update_memory(device)
                 bar.set_postfix(loss=f"{np.mean(window):.3f}", lr=f"{lr_now:.2e}", ips=f"{rate:.0f}")
 
-            for batch in bar:
+            for i_batch, batch in enumerate(bar):
+                set_lr(epoch + i_batch / len(loader))
                 pixels = batch["pixels"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logprobs = model(pixels)
@@ -372,7 +377,6 @@ def run(args) -> int:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 scaler.step(opt)
                 scaler.update()
-                sched.step()
                 step += 1
                 window.append(loss.item())
                 n_window += len(batch["texts"])
@@ -391,14 +395,14 @@ def run(args) -> int:
             improved = val["cer"] < best_cer
             best_cer, stale = (val["cer"], 0) if improved else (best_cer, stale + 1)
             metrics.best_cer.set(best_cer)
-            record = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], "time": time.time(),
+            record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"], "time": time.time(),
                       **{f"val_{k}": v for k, v in val.items()}, "pseudo": len(pseudo)}
             history.write(json.dumps(record) + "\n")
             history.flush()
             print(f"epoch {epoch + 1}: val loss {val['loss']:.3f} CER {val['cer']:.4f} exact {val['exact_match']:.3f} "
                   f"(best CER {best_cer:.4f}{', saved best.pt' if improved else ''}) e.g. {val['examples'][:3]}")
             state = {"epoch": epoch + 1, "step": step, "best_cer": best_cer, "stale": stale,
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+                     "optimizer": opt.state_dict(), "rng": _rng_state(),
                      "val": {k: v for k, v in val.items() if k != "examples"},
                      "pseudo": [[str(s.path), s.text] for s in pseudo], "args": json.dumps(vars(args), default=str)}
             save_checkpoint(args.out / "last.pt", model, cfg, **state)

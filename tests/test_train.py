@@ -133,3 +133,13 @@ def test_eval_cli_prints_json(tmp_path, tiny_kaggle, capsys):
                 "--split", "eval", "--decoder", "beam", "--lexicon", str(tiny_kaggle / "names_corpus.txt"), "--json"]) == 0
     beam = json.loads(capsys.readouterr().out)
     assert 0 < beam["n"] < 60 and beam["decoder"] == "beam"
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    from htr.train import lr_factor
+
+    assert lr_factor(0.0, 0.1) == pytest.approx(1e-3) and lr_factor(0.05, 0.1) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    values = [lr_factor(p / 100, 0.1) for p in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone after warm-up
+    assert lr_factor(1.0, 0.1) == pytest.approx(0.02) and lr_factor(1.5, 0.1) == pytest.approx(0.02)

@@ -1,0 +1,35 @@
+"""The model about to ship, scored in CI on the real labelled images that training never used."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from htr.data import read_kaggle, split_samples
+from htr.metrics import score
+from htr.model import load_checkpoint
+from htr.recognize import Recognizer
+
+CARD = Path(__file__).resolve().parents[1] / "models" / "MODEL_CARD.md"
+
+
+def card_figure(name: str) -> float:
+    """A figure from the card's machine-read block, e.g. ``exact_match_eval_greedy: 0.712``."""
+    m = re.search(rf"^{name}:\s*([0-9.]+)\s*$", CARD.read_text(), re.M)
+    assert m, f"{CARD} has no '{name}:' line in its metrics block"
+    return float(m.group(1))
+
+
+def test_shipped_checkpoint_is_small_and_weights_only_safe(checkpoint):
+    assert checkpoint.stat().st_size <= 30 * 1024 * 1024
+    ckpt = load_checkpoint(checkpoint)  # torch.load(weights_only=True) inside
+    assert {"config", "state_dict"} <= set(ckpt)
+
+
+def test_shipped_model_matches_its_model_card(checkpoint, kaggle_dir):
+    samples, _ = read_kaggle(kaggle_dir / "labels.csv")
+    _, held_out = split_samples(samples)
+    assert len(held_out) == int(card_figure("eval_images"))
+    preds = Recognizer(checkpoint).predict_files([s.path for s in held_out])
+    m = score([t for t, _ in preds], [s.text for s in held_out])
+    assert m["exact_match"] >= card_figure("exact_match_eval_greedy") - 0.02, m
+    assert m["cer"] <= card_figure("cer_eval_greedy") + 0.02, m
