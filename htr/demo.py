@@ -5,7 +5,7 @@
    is present), each checked against PyTorch, -> the Triton model repository;
 3. start the bundled ``tritonserver`` on loopback (``htr serve``'s machinery);
 4. recognise the sample images (``samples/``, synthetic, and the first real labelled images) over
-   gRPC and print file, text and confidence; score the held-out real images served the same way;
+   gRPC with ``htr.client`` and print file, text and confidence; score the held-out real images served the same way;
 5. stop the server.
 """
 from __future__ import annotations
@@ -57,22 +57,8 @@ def _labels(csv_path: Path) -> dict[str, str]:
         return {r["FILENAME"]: r["IDENTITY"] for r in csv.DictReader(f)}
 
 
-def _recognize(url: str, blobs: list[bytes]) -> list[tuple[str, float, str]]:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    out = []
-    for i in range(0, len(blobs), 64):
-        chunk = blobs[i : i + 64]
-        inp = grpcclient.InferInput("IMAGE_BYTES", [len(chunk), 1], "BYTES")
-        inp.set_data_from_numpy(np.array(chunk, dtype=np.object_).reshape(-1, 1))
-        res = client.infer("htr", [inp], outputs=[grpcclient.InferRequestedOutput(n) for n in ("TEXT", "CONFIDENCE", "ERROR")])
-        for t, c, e in zip(*(res.as_numpy(n).reshape(-1) for n in ("TEXT", "CONFIDENCE", "ERROR"))):
-            out.append((t.decode(), float(c), e.decode()))
-    return out
-
-
 def run(args) -> int:
+    from htr.client import HTRClient
     from htr.config import HTRConfig
     from htr.data import read_kaggle, split_samples
     from htr.export.build_engine import main as build_engine
@@ -117,16 +103,17 @@ def run(args) -> int:
         print("\n== 4. recognition over gRPC (ensemble htr: image bytes in, text + confidence out)")
         shown = [(p, _labels(args.samples / "labels.csv").get(p.name, "")) for p in sorted(args.samples.glob("*.jpg"))]
         shown += [(s.path, s.text) for s in samples[: args.real]]
-        results = _recognize(server.url_grpc, [p.read_bytes() for p, _ in shown])
-        print(f"{'file':<22} {'text':<20} {'confidence':>10}  {'label':<20}")
-        for (path, label), (text, conf, err) in zip(shown, results):
-            mark = "" if not label else ("ok" if text == label else "x")
-            print(f"{path.name:<22} {(text or '<' + err + '>'):<20} {conf:>10.3f}  {label:<20} {mark}")
-        _, held = split_samples(samples)
-        t0 = time.perf_counter()
-        served = _recognize(server.url_grpc, [s.path.read_bytes() for s in held])
-        elapsed = time.perf_counter() - t0
-        m = score([t for t, _, _ in served], [s.text for s in held])
+        with HTRClient(server.url_grpc, "grpc") as client:
+            results = client.recognize([p for p, _ in shown])
+            print(f"{'file':<22} {'text':<20} {'confidence':>10}  {'label':<20}")
+            for (path, label), p in zip(shown, results):
+                mark = "" if not label else ("ok" if p.text == label else "x")
+                print(f"{path.name:<22} {(p.text or f'<{p.error}>'):<20} {p.confidence:>10.3f}  {label:<20} {mark}")
+            _, held = split_samples(samples)
+            t0 = time.perf_counter()
+            served = client.recognize([s.path for s in held])
+            elapsed = time.perf_counter() - t0
+        m = score([p.text for p in served], [s.text for s in held])
         print(f"\nheld-out real images (never trained on), served: n={m['n']} exact match {m['exact_match']:.1%}, "
               f"CER {m['cer']:.1%}, correct characters {m['correct_chars']:.1%} ({m['n'] / elapsed:.0f} images/s)")
     finally:

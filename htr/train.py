@@ -198,10 +198,11 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
     """Read unlabelled images with a lexicon beam search; keep those at least ``threshold`` confident."""
     from tqdm import tqdm
 
-    from .preprocess import Lexicon, ctc_beam_decode, decode_images, preprocess_batch
+    from .decoding import CTCDecoder
+    from .preprocess import decode_images, preprocess_batch
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    lex = Lexicon(lexicon_words, cfg.alphabet, cfg.blank) if lexicon_words else None
+    codec = CTCDecoder(cfg, "beam", 10, lexicon_words or None)
     kept = []
     model.eval()
     with torch.inference_mode():
@@ -213,7 +214,7 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
                 continue  # a corrupt file: leave the whole chunk out rather than guess
             pixels = preprocess_batch(images, cfg.input.height, cfg.input.width, cfg.input.binarize)
             logprobs = model(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
-            for path, (text, conf) in zip(chunk, ctc_beam_decode(logprobs, cfg.alphabet, 10, lex, cfg.blank)):
+            for path, (text, conf) in zip(chunk, codec(logprobs)):
                 if text and conf >= threshold:
                     kept.append(Sample(path, text, "pseudo"))
     model.train()
