@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install build test demo bench serve repository clean help
+.PHONY: install build test demo bench serve repository loadtest dashboards clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -17,6 +17,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-fonts.txt
 	@v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	  ldconfig -p | grep -q "libpython$$v.so.1.0" || { echo "installing libpython$$v (Triton python-backend stub)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libpython$$v" >/dev/null; }
+	@# Prometheus (+ promtool) and docker-compose (only to validate docker-compose.yml) for the monitoring tests
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
+	  echo "installing prometheus and docker-compose (Debian packages)"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==24.3.1
 	$(PIP) install -q torch==2.13.0
@@ -46,6 +50,12 @@ repository: install  ## build model_repository/ (CPU variant) from models/crnn_n
 
 serve: repository  ## serve model_repository/ on 127.0.0.1:8000 (HTTP), 8001 (gRPC), 8002 (metrics)
 	$(VENV)/bin/htr serve --repository model_repository
+
+loadtest: repository  ## bounded headless Locust run (60 s, 16 users) on a local server; reports in loadtest/reports/
+	$(VENV)/bin/htr loadtest --repository model_repository --users 16 --run-time 60s
+
+dashboards: install  ## regenerate monitoring/grafana/dashboards/serving.json from monitoring/build_dashboards.py
+	$(PY) monitoring/build_dashboards.py
 
 clean:  ## remove build outputs (keeps the venv)
 	rm -rf build preprocess/_*.c preprocess/*.so *.egg-info

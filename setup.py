@@ -7,6 +7,7 @@ code imports as one namespace. ``package_dir`` maps each folder onto a sub-packa
     preprocess/   -> htr.preprocess (Cython kernels + NumPy/OpenCV reference)
     export/       -> htr.export     (engines + Triton model repository)
     client/       -> htr.client     (tritonclient wrapper + CLI)
+    loadtest/     -> htr.loadtest   (Locust load tests + `htr loadtest`)
 
 Every ``preprocess/_*.pyx`` is compiled to ``htr.preprocess._*`` with -O3 and OpenMP (prange);
 extra C flags can be given in ``HTR_CFLAGS`` (e.g. ``-march=native`` for a machine-specific build).
@@ -21,7 +22,8 @@ from setuptools import Extension, find_packages, setup
 HERE = Path(__file__).parent
 
 # folder on disk -> import name
-PACKAGE_ROOTS = {"htr": "htr", "preprocess": "htr.preprocess", "export": "htr.export", "client": "htr.client"}
+PACKAGE_ROOTS = {"htr": "htr", "preprocess": "htr.preprocess", "export": "htr.export", "client": "htr.client",
+                 "loadtest": "htr.loadtest"}
 
 
 def _packages():

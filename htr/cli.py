@@ -5,6 +5,8 @@
     htr train       train the CRNN (Prometheus metrics on a port)
     htr eval        score a checkpoint on a labelled folder
     htr serve       run Triton on the model repository (foreground)
+    htr recognize   read images through a running server (client)
+    htr loadtest    bounded Locust load test against a local server, with a summary
 
 ``htr <command> --help`` explains each one.
 """
@@ -23,6 +25,7 @@ COMMANDS = {
     "eval": "htr.evaluate",
     "serve": "htr.serve",
     "recognize": "htr.client.cli",
+    "loadtest": "htr.loadtest.run",
 }
 
 

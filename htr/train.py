@@ -87,6 +87,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     g.add_argument("--metrics-port", type=int, default=9109, help="Prometheus exporter port (0: off)")
     g.add_argument("--metrics-addr", default="127.0.0.1", help="exporter bind address")
+    g.add_argument("--metrics-linger", type=float, default=0.0,
+                   help="keep the exporter up this many seconds after the run ends, so Prometheus scrapes the "
+                        "final values (Ctrl-C ends it early)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=run)
 
@@ -417,6 +420,12 @@ def run(args) -> int:
                 break
     finally:
         history.close()
+        if args.metrics_linger > 0 and metrics.server is not None and not stop["now"] and sys.exc_info()[0] is None:
+            print(f"metrics stay up on {args.metrics_addr}:{args.metrics_port} for {args.metrics_linger:.0f} s",
+                  flush=True)
+            deadline = time.monotonic() + args.metrics_linger
+            while time.monotonic() < deadline and not stop["now"]:
+                time.sleep(0.2)
         metrics.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)

@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from htr.config import HTRConfig  # noqa: E402
 from htr.decoding import CTCDecoder  # noqa: E402
+from htr.export.triton_metrics import PredictionMetrics  # noqa: E402
 
 
 class TritonPythonModel:
@@ -37,6 +38,7 @@ class TritonPythonModel:
                                     lexicon)
         except ValueError as e:
             raise pb_utils.TritonModelException(str(e)) from e
+        self.metrics = PredictionMetrics(pb_utils, args["model_name"], args["model_version"])
 
     def execute(self, requests):
         arrays, upstream = [], []
@@ -66,14 +68,18 @@ class TritonPythonModel:
             if isinstance(res, pb_utils.TritonError):
                 responses.append(pb_utils.InferenceResponse(error=res))
                 continue
-            texts, confs, errors = [], [], []
+            texts, confs, errors, ok_texts, ok_confs = [], [], [], [], []
             for (text, conf, err), up in zip(res, upstream[i]):
                 up = up.decode() if isinstance(up, bytes) else str(up)
                 if up:
                     text, conf, err = "", 0.0, up
+                elif not err:
+                    ok_texts.append(text)
+                    ok_confs.append(conf)
                 texts.append(text.encode())
                 confs.append(conf)
                 errors.append(err.encode())
+            self.metrics.record(ok_texts, ok_confs)
             n = len(texts)
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("TEXT", np.array(texts, dtype=np.object_).reshape(n, 1)),

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from htr.config import HTRConfig  # noqa: E402
+from htr.export.triton_metrics import InputMetrics  # noqa: E402
 from htr.preprocess import decode_images, preprocess_batch  # noqa: E402
 
 
@@ -20,6 +21,7 @@ class TritonPythonModel:
 
     A bad image (corrupt, empty, too large) gets zero pixels and its reason in ERROR; the other images
     of the same request and batch are processed normally. Everything is batched across requests.
+    Each image's size and ink ratio go to the input-drift histograms (``htr.export.triton_metrics``).
     """
 
     def initialize(self, args):
@@ -31,6 +33,7 @@ class TritonPythonModel:
         self.threads = int(params.get("threads", 1))
         self.height, self.width = self.cfg.input.height, self.cfg.input.width
         self.logger = pb_utils.Logger
+        self.metrics = InputMetrics(pb_utils, args["model_name"], args["model_version"])
 
     def _decode(self, blobs):
         """All images at once; on any failure, one by one so only the bad ones are dropped."""
@@ -67,9 +70,11 @@ class TritonPythonModel:
                 batch = preprocess_batch([images[k] for k in good], self.height, self.width,
                                          self.cfg.input.binarize, threads=self.threads, max_pixels=self.max_pixels)
                 pixels[good] = batch
+                self.metrics.record([images[k] for k in good], (batch > 0.5).mean(axis=(1, 2, 3)))  # ink = 1
             except ValueError as e:  # should not happen after decoding; fail the items, not the server
                 for k in good:
                     errors[k] = f"preprocessing failed: {e}"
+        self.metrics.record_failures(sum(1 for e in errors if e))
         start = 0
         for i, n in enumerate(counts):
             if responses[i] is not None:
