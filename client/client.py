@@ -9,7 +9,8 @@ Connecting reads the model's config from the server (alphabet, input size, ``max
 against ``expected_alphabet`` / ``model_version`` and fails with a typed error that says what to do
 (:mod:`htr.client.errors`). Requests hold at most ``max_batch_size`` images; longer lists are split.
 Failures of single images are returned on their ``Prediction.error``; failures of the server raise.
-Retries follow :class:`htr.client.errors.RetryPolicy`: only unreachable server and timeouts, with backoff.
+Retries follow :class:`htr.client.errors.RetryPolicy`: only unreachable server, timeouts and dead model
+instances (a python-backend stub that died), with backoff.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from .errors import (NO_MODEL, RETRYABLE, TIMEOUT, UNREACHABLE, ConfigMismatchError, HTRClientError,
+from .errors import (NO_MODEL, RETRYABLE, TIMEOUT, UNHEALTHY, UNREACHABLE, ConfigMismatchError, HTRClientError,
                      InferenceError, InferenceTimeoutError, ModelNotReadyError, RetryPolicy, ServerUnreachableError,
                      classify, describe)
 from .pipeline import Batch, ClientPreprocess, Prediction, ServedModel, ServerPreprocess, assemble
@@ -154,6 +155,9 @@ class _ClientBase:
         if kind == NO_MODEL:
             states = _states(index)[0] if index is not None else None
             return ModelNotReadyError(model or self.model_name, self.url, states, detail)
+        if kind == UNHEALTHY:
+            return InferenceError(f"{model or 'the server'} on {self.url} failed the request {attempts} time(s), "
+                                  f"a model instance's process is dead: {detail}")
         return InferenceError(f"{model or 'the server'} on {self.url} refused the request: {detail}")
 
     def _grpc_kw(self, infer: bool = False) -> dict:
@@ -180,7 +184,7 @@ class HTRClient(_ClientBase):
         preprocess: ``"server"`` sends encoded images; ``"client"`` decodes, preprocesses and CTC-decodes
             here and sends pixels (less server CPU, more bytes on the wire; see bench/client_bench.py).
         timeout_s: per inference request; ``connect_timeout_s``: per health/metadata call.
-        retries, backoff_s: see :class:`~htr.client.errors.RetryPolicy` (unreachable and timeouts only).
+        retries, backoff_s: see :class:`~htr.client.errors.RetryPolicy` (unreachable, timeouts, dead model instances).
         shared_memory: pass tensors through system shared memory (client on the server's host).
         batch_size: images per request (default and maximum: the model's ``max_batch_size``).
         expected_alphabet, model_version: checked at connect time (ConfigMismatchError when they differ).

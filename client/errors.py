@@ -2,10 +2,15 @@
 
 What is retried (with exponential backoff, ``RetryPolicy``):
 
-- the server cannot be reached: connection refused or reset, gRPC ``UNAVAILABLE``, HTTP 502/503/504;
+- the server cannot be reached: connection refused or reset, gRPC ``UNAVAILABLE``, HTTP 502/503/504, or
+  it dropped the call (gRPC ``CANCELLED``: this client never cancels, so it is the server shutting down);
 - a call ran past its timeout: gRPC ``DEADLINE_EXCEEDED``, an HTTP socket timeout. Inference here is
   idempotent (the same images give the same text, nothing is stored server-side), so sending a request
-  again after a timeout is safe; it only costs the server the work twice.
+  again after a timeout is safe; it only costs the server the work twice;
+- a model instance whose python-backend process died ("Stub process '<instance>' is not healthy"): Triton
+  2.51 answers so until the model is reloaded (``htr serve --heal-stubs`` does it within seconds), and the
+  next attempt may also reach another, healthy instance. Give such a server enough retries to cover a
+  reload (bench/faults.py measures it).
 
 What is never retried: anything the server answered with a refusal, i.e. an invalid argument (gRPC
 ``INVALID_ARGUMENT``, HTTP 400: wrong shape, batch too large, ...), an unknown model (``NOT_FOUND``,
@@ -18,9 +23,12 @@ import socket
 from dataclasses import dataclass
 
 UNREACHABLE, TIMEOUT, NO_MODEL, REFUSED = "unreachable", "timeout", "no model", "refused"
-RETRYABLE = frozenset({UNREACHABLE, TIMEOUT})
+UNHEALTHY = "unhealthy instance"
+RETRYABLE = frozenset({UNREACHABLE, TIMEOUT, UNHEALTHY})
+DEAD_STUB = ("Stub process", "is not healthy")  # python_backend's error for a request that reached a dead stub
 
-_GRPC_KINDS = {"StatusCode.UNAVAILABLE": UNREACHABLE, "StatusCode.DEADLINE_EXCEEDED": TIMEOUT,
+_GRPC_KINDS = {"StatusCode.UNAVAILABLE": UNREACHABLE, "StatusCode.CANCELLED": UNREACHABLE,
+               "StatusCode.DEADLINE_EXCEEDED": TIMEOUT,
                "StatusCode.NOT_FOUND": NO_MODEL}
 _HTTP_KINDS = {"502": UNREACHABLE, "503": UNREACHABLE, "504": TIMEOUT, "404": NO_MODEL}
 
@@ -87,8 +95,8 @@ class InferenceError(HTRClientError):
 
 
 def classify(exc: BaseException) -> str | None:
-    """UNREACHABLE, TIMEOUT, NO_MODEL or REFUSED for a failure of a tritonclient call; None for anything else
-    (a bug in the caller, re-raised unchanged)."""
+    """UNREACHABLE, TIMEOUT, UNHEALTHY, NO_MODEL or REFUSED for a failure of a tritonclient call; None for
+    anything else (a bug in the caller, re-raised unchanged)."""
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):
@@ -97,6 +105,8 @@ def classify(exc: BaseException) -> str | None:
         if kind:
             return kind
         msg = exc.message() or ""
+        if all(m in msg for m in DEAD_STUB):
+            return UNHEALTHY
         if any(m in msg for m in ("unknown model", "is not found", "no available versions", "is not ready")):
             return NO_MODEL
         if status in ("", "None") and ("connect" in msg.lower() or "socket" in msg.lower()):

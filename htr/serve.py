@@ -4,7 +4,7 @@ Example::
 
     htr serve                              # model_repository/ on 127.0.0.1: HTTP 8000, gRPC 8001, metrics 8002
     htr serve --address 0.0.0.0            # reachable from other machines (no authentication: firewall it)
-    htr serve --model-control explicit --extra --load-model=*
+    htr serve --model-control explicit --heal-stubs --extra --load-model=*   # drains ensembles, heals stubs
 
 The server is the ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel. Every endpoint binds to
 ``--address``, loopback by default. Triton has no authentication, so ``--address 0.0.0.0`` lets anyone
@@ -14,14 +14,26 @@ expose it only behind a firewall or an authenticating proxy.
 ``htr serve`` waits until ``/v2/health/ready`` answers 200, prints the endpoints, then streams the
 server log. Ctrl-C or SIGTERM forwards SIGTERM to tritonserver, which finishes in-flight requests
 (up to ``--drain-timeout``) before it exits; a second signal, or a server still running
-``--drain-timeout`` + 10 s later, gets SIGKILL. Exit status: 0 after a clean stop, 1 when the server
-failed to start, died, or had to be killed, 2 when it could not be started at all (missing repository,
-port in use, missing system library).
+``--drain-timeout`` + 10 s later, gets SIGKILL. Ensemble requests need ``--model-control explicit``
+for this: tritonserver's own drain stops every model's scheduler at once, so an ensemble request in
+flight fails at its next step; in explicit mode the ensembles are unloaded first, which lets the requests
+inside them finish (new ones are refused as for an unknown model), then SIGTERM follows. Exit status: 0
+after a clean stop, 1 when the server failed to start, died, or had to be killed, 2 when it could not be
+started at all (missing repository, port in use, missing system library).
 
 Python-backend models run in Triton's stub process, which embeds the *system* libpython (Debian
 package ``libpython3.X``) and ignores ``PYTHONPATH``. The server environment therefore carries
 ``HTR_SITE_PACKAGES`` (this interpreter's site-packages, ``os.pathsep``-joined) and every ``model.py``
 begins with :data:`MODEL_PY_HEADER`, which adds them, so numpy and ``htr`` import inside the stub.
+
+A python-backend stub that dies (killed, out of memory, a crash in native code) is *not* restarted by
+Triton 2.51 (python_backend removed its restart in r24.06; triton-inference-server/server#7347, #8604):
+every request to that instance then fails with "Stub process '<instance>' is not healthy" while
+``/v2/health/ready`` and ``/v2/models/<model>/ready`` keep answering 200. ``--heal-stubs`` (with
+``--model-control explicit`` or ``poll``) runs :class:`StubWatchdog`, which reloads such a model; clients
+retry the failed requests (:mod:`htr.client.errors`). See bench/faults.py for the measured recovery. Triton
+never frees the dead instance once requests reached it, so the next stop waits out ``--drain-timeout`` (after
+draining the requests in flight) and tritonserver exits 1.
 
 Python API (also used by the tests and the load tests)::
 
@@ -34,6 +46,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -42,10 +55,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Sequence
@@ -229,6 +244,133 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 
 
 # ---------------------------------------------------------------------------------------------------
+# python-backend stubs: finding them, and reloading a model whose stub died
+
+STUB_EXECUTABLE = "triton_python_backend_stub"
+
+
+@dataclass(frozen=True)
+class Stub:
+    """One live python-backend stub: the process that runs one instance (``crnn_0_0``) of a model's model.py."""
+
+    pid: int
+    model: str
+    version: str
+    instance: str
+    model_file: Path
+
+
+def stub_processes(server_pid: int) -> list[Stub]:
+    """The live stubs of the tritonserver ``server_pid``, read from /proc.
+
+    A stub's arguments are ``model.py shm-region shm-size shm-growth server-pid backend-dir ipc-handle
+    instance-name ...``; the model and version are the two folders above model.py. A killed stub stays a
+    zombie (no command line) until Triton reaps it, so it is not listed. The short-lived stub Triton starts
+    while loading a model to auto-complete its config is not listed either (its instance name is the model's).
+    """
+    stubs = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if len(argv) < 9 or not argv[0].endswith(STUB_EXECUTABLE.encode()) or argv[5] != str(server_pid).encode():
+            continue
+        model_file = Path(os.fsdecode(argv[1]))
+        stub = Stub(int(proc.name), model_file.parent.parent.name, model_file.parent.name, os.fsdecode(argv[8]),
+                    model_file)
+        if stub.instance != stub.model:
+            stubs.append(stub)
+    return stubs
+
+
+class StubWatchdog(threading.Thread):
+    """Reloads a python-backend model whose stub process died, on a server in explicit or poll model control.
+
+    It lists the server's stubs when it is created (once the server is ready), then every ``interval`` s. An
+    instance whose stub is missing on two looks in a row, with no other stub serving that instance and the
+    model still READY in the repository index (so not an unload or a version change), gets its model
+    reloaded: the version's model.py is touched (Triton reloads only models whose files changed) and, in
+    explicit mode, the load API is called; in poll mode the next poll reloads it. Triton loads the new
+    instances before it retires the broken ones, so the model stays available and only requests that reach
+    the dead stub meanwhile fail, with an error clients retry. Triton never frees the broken instance once
+    requests reached it: the server's next stop then waits out its exit timeout.
+
+    ``events`` records each reload (monotonic times): model, instances, dead pids, ``detected`` (the first look
+    that missed the stub), ``reloaded`` (explicit: the load API returned, the model is reloaded; poll: the new
+    stub runs, its model may still be initialising), ``ok`` and ``error``. ``on_event(message)`` reports them.
+    """
+
+    def __init__(self, server: "TritonServer", interval: float = 0.5, reload_timeout: float = 180.0,
+                 on_event: Callable[[str], None] | None = None):
+        super().__init__(name="stub-watchdog", daemon=True)
+        if server.model_control not in ("explicit", "poll"):
+            raise ValueError("reloading a model needs --model-control explicit or poll, not "
+                             f"{server.model_control!r}")
+        self.server, self.interval, self.reload_timeout = server, float(interval), float(reload_timeout)
+        self.on_event = on_event or (lambda message: None)
+        self.events: list[dict] = []
+        self._halt = threading.Event()
+        # the first look, now (the server is ready): a stub that dies before the thread's first look counts
+        self._known: dict[str, Stub] = {s.instance: s for s in stub_processes(server.pid)}
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching; a reload under way is left to finish (the thread is a daemon)."""
+        self._halt.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout)
+
+    def run(self) -> None:
+        known = self._known  # instance -> its last live stub
+        missed: dict[str, float] = {}  # instance -> monotonic time of the first look that missed it
+        while not self._halt.wait(self.interval) and self.server.running():
+            live = {s.instance: s for s in stub_processes(self.server.pid)}
+            now = time.monotonic()
+            for instance, stub in live.items():
+                known[instance] = stub
+                missed.pop(instance, None)
+            for instance in known.keys() - live.keys():
+                missed.setdefault(instance, now)
+            due = {known[i].model for i, t in missed.items() if t < now}  # missed on two looks or more
+            for model in sorted(due):
+                if self._halt.is_set():
+                    return
+                dead = [i for i in missed if known[i].model == model]
+                if self.server.model_state(model) == "READY":
+                    self._reload(model, [known[i] for i in dead], missed[dead[0]])
+                for i in dead:  # healed, unloaded on purpose, or gone with a config change: forget them
+                    known.pop(i)
+                    missed.pop(i)
+
+    def _reload(self, model: str, dead: list[Stub], detected: float) -> None:
+        names = ", ".join(f"{s.instance} (pid {s.pid})" for s in dead)
+        self.on_event(f"stub of {names} died; reloading model {model!r}")
+        event = {"model": model, "instances": [s.instance for s in dead], "pids": [s.pid for s in dead],
+                 "detected": detected, "reloaded": None, "ok": False, "error": None}
+        self.events.append(event)
+        try:
+            os.utime(dead[0].model_file)  # a changed file makes Triton reload the model, not skip it
+            if self.server.model_control == "explicit":
+                self.server.load_model(model, timeout=self.reload_timeout)
+            deadline = time.monotonic() + self.reload_timeout + self.server.poll_interval
+            while not self._halt.is_set():
+                up = {s.instance for s in stub_processes(self.server.pid) if s.model == model}
+                if up >= set(event["instances"]):
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerError(f"no new stub for {names} after {self.reload_timeout:g} s")
+                time.sleep(0.1)
+            event["reloaded"], event["ok"] = time.monotonic(), True
+            self.on_event(f"model {model!r} reloaded in {event['reloaded'] - detected:.1f} s after its stub died")
+        except (OSError, ServerError) as e:  # the next death is still watched; this one is reported
+            event["error"] = str(e)
+            self.on_event(f"could not reload model {model!r}: {e}")
+
+
+
+# ---------------------------------------------------------------------------------------------------
 # the server
 
 
@@ -240,6 +382,8 @@ class TritonServer:
     stop for inspection). ``exit_timeout`` is tritonserver's ``--exit-timeout-secs``: how long SIGTERM
     waits for in-flight requests. ``die_with_parent`` makes the kernel send SIGTERM to the server when the
     *thread* that called :meth:`start` exits, so start it from the main thread or pass False.
+    ``heal_stubs`` runs a :class:`StubWatchdog` once the server is ready (explicit or poll model control);
+    its reloads are in :attr:`heal_events`, and ``on_heal(message)`` reports them as they happen.
     """
 
     def __init__(self, repository: str | os.PathLike, http_port: int = 8000, grpc_port: int = 8001,
@@ -247,9 +391,13 @@ class TritonServer:
                  log_file: str | os.PathLike | None = None, extra_args: Sequence[str] = (),
                  env: dict[str, str] | None = None, *, poll_interval: int = 5, log_verbose: int = 0,
                  exit_timeout: int = 20, tritonserver: str | os.PathLike | None = None,
-                 die_with_parent: bool = True):
+                 die_with_parent: bool = True, heal_stubs: bool = False, heal_interval: float = 0.5,
+                 on_heal: Callable[[str], None] | None = None):
         if model_control not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, not {model_control!r}")
+        if heal_stubs and model_control == "none":
+            raise ValueError("healing stubs (heal_stubs, --heal-stubs) reloads models: it needs model control "
+                             "'explicit' or 'poll'")
         self.repository = Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = int(http_port), int(grpc_port), int(metrics_port)
         self.address = address
@@ -261,6 +409,8 @@ class TritonServer:
         self.env = dict(env or {})
         self.tritonserver = Path(tritonserver) if tritonserver else default_tritonserver()
         self.die_with_parent = die_with_parent
+        self.heal_stubs, self.heal_interval, self.on_heal = heal_stubs, float(heal_interval), on_heal
+        self._watchdog: StubWatchdog | None = None
         self.log_path = Path(log_file) if log_file else None
         self.killed = False  # True when stop() had to SIGKILL
         self.startup_seconds: float | None = None
@@ -293,6 +443,81 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def model_state(self, model: str, timeout: float = 5.0) -> str | None:
+        """``READY`` when some version of ``model`` is ready, else its state in the repository index (None:
+        not in the index, or the server does not answer)."""
+        req = urllib.request.Request(f"{self.url_http}/v2/repository/index", data=b"{}", method="POST")
+        try:
+            with self._opener.open(req, timeout=timeout) as r:
+                states = [e.get("state") for e in json.load(r) if e.get("name") == model]
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return "READY" if "READY" in states else (states[0] if states else None)
+
+    def load_model(self, model: str, timeout: float = 180.0) -> None:
+        """Load (or reload, when its files changed) ``model`` through the repository API (explicit mode)."""
+        self._repository_action(model, "load", timeout)
+
+    def unload_model(self, model: str, timeout: float = 30.0) -> None:
+        """Start unloading ``model`` (explicit mode); requests already in it finish first."""
+        self._repository_action(model, "unload", timeout)
+
+    def _repository_action(self, model: str, action: str, timeout: float) -> None:
+        req = urllib.request.Request(f"{self.url_http}/v2/repository/models/{model}/{action}", data=b"{}",
+                                     method="POST")
+        try:
+            with self._opener.open(req, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            raise ServerError(f"{action} {model!r} failed ({e.code}): {e.read().decode(errors='replace')}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ServerError(f"{action} {model!r} failed: {e}") from None
+
+    def _ready_ensembles(self) -> list[str]:
+        req = urllib.request.Request(f"{self.url_http}/v2/repository/index", data=b"{}", method="POST")
+        with self._opener.open(req, timeout=5) as r:
+            ready = sorted({e["name"] for e in json.load(r) if e.get("state") == "READY"})
+        ensembles = []
+        for name in ready:
+            with self._opener.open(f"{self.url_http}/v2/models/{name}/config", timeout=5) as r:
+                if json.load(r).get("platform") == "ensemble":
+                    ensembles.append(name)
+        return ensembles
+
+    def drain_ensembles(self, timeout: float | None = None) -> list[str]:
+        """Explicit model control: unload every ensemble, and wait (up to ``timeout``, default the exit
+        timeout) until they are gone, so that the requests inside them finish while their steps' models are
+        still loaded. New requests for an ensemble are refused meanwhile (unknown model). Returns their names.
+
+        Why: tritonserver's own SIGTERM drain stops every model's scheduler at once, so an ensemble request in
+        flight fails at its next step ("Server is stopping, scheduler for model has stopped accepting new
+        inference requests"; Triton 2.51, cf. triton-inference-server/server#6287). Other model-control modes
+        have no unload API: there, ensemble requests in flight at SIGTERM fail.
+        """
+        if self.model_control != "explicit" or not self.running():
+            return []
+        try:
+            ensembles = self._ready_ensembles()
+            for name in ensembles:
+                self.unload_model(name)
+        except (urllib.error.URLError, OSError, ValueError, ServerError):
+            return []  # not answering: SIGTERM does what can still be done
+        deadline = time.monotonic() + (self.exit_timeout if timeout is None else timeout)
+        while time.monotonic() < deadline and self.running():
+            if all(self.model_state(name) not in ("READY", "UNLOADING") for name in ensembles):
+                break
+            time.sleep(0.05)
+        return ensembles
+
+    def stubs(self) -> list[Stub]:
+        """This server's live python-backend stubs."""
+        return stub_processes(self._proc.pid) if self.running() else []
+
+    @property
+    def heal_events(self) -> list[dict]:
+        """The stub watchdog's reloads so far (see :class:`StubWatchdog`)."""
+        return self._watchdog.events if self._watchdog else []
+
     def command(self, backend_dir: Path | None = None) -> list[str]:
         backend_dir = backend_dir or self._backend_dir or prepare_backend_dir()
         cmd = [str(self.tritonserver),
@@ -301,6 +526,9 @@ class TritonServer:
                "--http-address", self.address, "--http-port", str(self.http_port),
                "--grpc-address", self.address, "--grpc-port", str(self.grpc_port),
                "--metrics-address", self.address, "--metrics-port", str(self.metrics_port),
+               # latency percentiles per model (nv_inference_request_summary_us{quantile=...}): the
+               # serving dashboard's p50/p95/p99 panels and the p99 alert read them
+               "--metrics-config", "summary_latencies=true",
                "--model-control-mode", self.model_control]
         if self.model_control == "poll":
             cmd += ["--repository-poll-secs", str(self.poll_interval)]
@@ -356,6 +584,9 @@ class TritonServer:
         t0 = time.monotonic()
         while True:
             if self.is_ready():
+                if self.heal_stubs and self._watchdog is None:
+                    self._watchdog = StubWatchdog(self, self.heal_interval, on_event=self.on_heal)
+                    self._watchdog.start()
                 return time.monotonic() - t0
             rc = self._proc.poll()
             if rc is not None:
@@ -379,13 +610,21 @@ class TritonServer:
             raise
         return self
 
+    def _stop_watchdog(self) -> None:  # before stopping: stubs that exit then are not to be healed
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
     def terminate(self) -> None:
-        """SIGTERM: tritonserver stops accepting, drains in-flight requests, unloads models, exits."""
+        """SIGTERM: tritonserver stops accepting, drains in-flight requests, unloads models, exits.
+        In explicit model control the ensembles are drained first (:meth:`drain_ensembles`)."""
+        self._stop_watchdog()
+        self.drain_ensembles()
         if self.running():
             self._proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL to the whole process group (the server and its backend stubs)."""
+        self._stop_watchdog()
         if self.running():  # the group leader is not reaped yet, so its group id cannot have been reused
             self.killed = True
             try:
@@ -436,6 +675,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
                    help="none: load everything once; poll: follow repository changes; "
                         "explicit: load/unload through the API (nothing loads unless --extra --load-model=*)")
     p.add_argument("--poll-interval", type=int, default=5, help="seconds between repository polls (poll mode)")
+    p.add_argument("--heal-stubs", action="store_true",
+                   help="reload a python-backend model whose stub process died (Triton 2.51 does not restart it); "
+                        "needs --model-control explicit or poll")
     p.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbose log level")
     p.add_argument("--log-file", type=Path, default=None, help="server log file (None: a new temporary file, kept)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for /v2/health/ready")
@@ -476,11 +718,15 @@ def _say(msg: str, err: bool = False) -> None:
 
 
 def run(args) -> int:
-    server = TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                          address=args.address, model_control=args.model_control, log_file=args.log_file,
-                          extra_args=args.extra, poll_interval=args.poll_interval,
-                          log_verbose=args.log_verbose, exit_timeout=args.drain_timeout,
-                          tritonserver=args.tritonserver)
+    try:
+        server = TritonServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
+                              address=args.address, model_control=args.model_control, log_file=args.log_file,
+                              extra_args=args.extra, poll_interval=args.poll_interval,
+                              log_verbose=args.log_verbose, exit_timeout=args.drain_timeout,
+                              tritonserver=args.tritonserver, heal_stubs=args.heal_stubs, on_heal=_say)
+    except ValueError as e:
+        _say(f"error: {e}", err=True)
+        return 2
     signals: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _frame: signals.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
