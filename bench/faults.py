@@ -443,7 +443,8 @@ def sigterm(repository: Path, blobs: list[bytes], workdir: Path, *, threads: int
 
 def _versions(server: TritonServer, model: str) -> dict[str, str]:
     """version -> state of ``model`` in the repository index."""
-    req = urllib.request.Request(f"{server.url_http}/v2/repository/index", data=b"{}", method="POST")
+    req = urllib.request.Request(f"{server.url_http}/v2/repository/index", data=b"{}", method="POST",
+                                 headers=server.admin_headers)  # the repository API needs the admin key
     with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as r:
         return {e["version"]: e.get("state", "") for e in json.load(r) if e.get("name") == model and "version" in e}
 

@@ -25,10 +25,11 @@ class AsyncHTRClient(_ClientBase):
                  preprocess: str = "server", timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
                  retries: int = 2, backoff_s: float = 0.2, shared_memory: bool = False,
                  batch_size: int | None = None, expected_alphabet: str | None = None, model_version: str = "",
-                 decoder: str = "greedy", beam_width: int = 10, lexicon=None, preprocess_threads: int = 1):
+                 decoder: str = "greedy", beam_width: int = 10, lexicon=None, preprocess_threads: int = 1,
+                 headers: dict[str, str] | None = None):
         super().__init__(url, "grpc", model, pixels_model, preprocess, timeout_s, connect_timeout_s, retries,
                          backoff_s, shared_memory, batch_size, expected_alphabet, model_version, decoder,
-                         beam_width, lexicon, preprocess_threads)
+                         beam_width, lexicon, preprocess_threads, headers)
         import tritonclient.grpc as mod
 
         self._mod = mod
@@ -65,7 +66,10 @@ class AsyncHTRClient(_ClientBase):
         try:
             await self._call(lambda c: c.is_server_live(**kw))
             if not await self._call(lambda c: c.is_model_ready(name, version, **kw)):
-                index = await self._call(lambda c: c.get_model_repository_index(**self._json_kw()))
+                try:  # only enriches the error; `htr serve` restricts the repository API (admin key)
+                    index = await self._client.get_model_repository_index(**self._json_kw())
+                except Exception:  # noqa: BLE001
+                    index = None
                 raise self._not_ready_error(index)
             self._on_config(await self._call(lambda c: c.get_model_config(name, version, **self._json_kw())))
         except BaseException:

@@ -64,7 +64,7 @@ class _ClientBase:
 
     def __init__(self, url, protocol, model, pixels_model, preprocess, timeout_s, connect_timeout_s, retries,
                  backoff_s, shared_memory, batch_size, expected_alphabet, model_version, decoder, beam_width,
-                 lexicon, preprocess_threads):
+                 lexicon, preprocess_threads, headers=None):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if preprocess not in PREPROCESS:
@@ -91,6 +91,7 @@ class _ClientBase:
         self.served: ServedModel | None = None
         self.codec: ServerPreprocess | ClientPreprocess | None = None
         self.slots = SlotPool() if shared_memory else None
+        self.headers = dict(headers) if headers else None
 
     @property
     def shared_memory(self) -> bool:
@@ -162,11 +163,12 @@ class _ClientBase:
 
     def _grpc_kw(self, infer: bool = False) -> dict:
         """Per-call keywords: gRPC takes a timeout per call (HTTP's are set on the connection) ..."""
-        return {"client_timeout": self.timeout_s if infer else self.connect_timeout_s} if self.protocol == "grpc" else {}
+        kw = {"client_timeout": self.timeout_s if infer else self.connect_timeout_s} if self.protocol == "grpc" else {}
+        return {**kw, "headers": self.headers} if self.headers else kw
 
     def _json_kw(self) -> dict:
         """... and answers metadata calls in protobuf unless asked for JSON (HTTP always answers JSON)."""
-        return {"as_json": True, **self._grpc_kw()} if self.protocol == "grpc" else {}
+        return {"as_json": True, **self._grpc_kw()} if self.protocol == "grpc" else self._grpc_kw()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.url!r}, protocol={self.protocol!r}, model={self.model_name!r}, "
@@ -191,6 +193,10 @@ class HTRClient(_ClientBase):
         decoder, beam_width, lexicon: client-side CTC decoding (``preprocess="client"`` only).
         preprocess_threads: OpenMP threads of the client-side preprocessing kernel.
         connect: connect (and check) now; otherwise call :meth:`connect` before recognising.
+        headers: sent with every call: an authenticating proxy's token, or ``htr serve``'s admin key
+            (``TritonServer.admin_headers``: ``htr-admin-key`` for HTTP, ``triton-grpc-protocol-htr-admin-key``
+            for gRPC), which lets a not-ready error list the server's models and, on a server exposed
+            beyond loopback, allows ``shared_memory``.
     """
 
     def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = "htr", *,
@@ -198,10 +204,10 @@ class HTRClient(_ClientBase):
                  connect_timeout_s: float = 5.0, retries: int = 2, backoff_s: float = 0.2,
                  shared_memory: bool = False, batch_size: int | None = None, expected_alphabet: str | None = None,
                  model_version: str = "", decoder: str = "greedy", beam_width: int = 10, lexicon=None,
-                 preprocess_threads: int = 1, connect: bool = True):
+                 preprocess_threads: int = 1, connect: bool = True, headers: dict[str, str] | None = None):
         super().__init__(url, protocol, model, pixels_model, preprocess, timeout_s, connect_timeout_s, retries,
                          backoff_s, shared_memory, batch_size, expected_alphabet, model_version, decoder,
-                         beam_width, lexicon, preprocess_threads)
+                         beam_width, lexicon, preprocess_threads, headers)
         if protocol == "grpc":
             import tritonclient.grpc as mod
         else:
@@ -254,8 +260,8 @@ class HTRClient(_ClientBase):
         name, version, kw = self.model_name, self.model_version, self._grpc_kw()
         self._call(lambda c: c.is_server_live(**kw))
         if not self._call(lambda c: c.is_model_ready(name, version, **kw)):
-            index = self._call(lambda c: c.get_model_repository_index(**self._json_kw()))
-            raise self._not_ready_error(index)
+            # the index only enriches the error; `htr serve` restricts the repository API (admin key)
+            raise self._not_ready_error(self._index_or_none(self._client))
         raw = self._call(lambda c: c.get_model_config(name, version, **self._json_kw()))
         self._on_config(raw)
         return self

@@ -4,12 +4,21 @@ Example::
 
     htr serve                              # model_repository/ on 127.0.0.1: HTTP 8000, gRPC 8001, metrics 8002
     htr serve --address 0.0.0.0            # reachable from other machines (no authentication: firewall it)
-    htr serve --model-control explicit --heal-stubs --extra --load-model=*   # drains ensembles, heals stubs
+    htr serve --model-control none         # load once, no repository API use (no ensemble drain, no healing)
+
+    # hot-load a new version (explicit mode): copy crnn/2/ into the repository, then
+    curl -X POST -H "htr-admin-key: $(cat /tmp/.../tritonserver.admin-key)" \
+         http://127.0.0.1:8000/v2/repository/models/crnn/load
 
 The server is the ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel. Every endpoint binds to
-``--address``, loopback by default. Triton has no authentication, so ``--address 0.0.0.0`` lets anyone
-who can reach the port run inference and, with ``--model-control explicit``, load and unload models;
-expose it only behind a firewall or an authenticating proxy.
+``--address``, loopback by default. Triton has no authentication for inference, so ``--address 0.0.0.0``
+lets anyone who can reach the port run the models: expose it only behind a firewall or an authenticating
+proxy (which should also cap request bodies: Triton 2.51 has no HTTP body-size limit of its own). The APIs
+that change the server (model repository load/unload, trace, logging; off loopback also system shared
+memory, which maps host ``/dev/shm`` objects by name) answer only requests with the header
+``htr-admin-key`` (``--http-restricted-api``/``--grpc-restricted-protocol``); the key is
+``$HTR_ADMIN_KEY`` or random, written to ``--admin-key-file`` (mode 0600), never printed. The model
+repository is a local folder: no request names a file.
 
 ``htr serve`` waits until ``/v2/health/ready`` answers 200, prints the endpoints, then streams the
 server log. Ctrl-C or SIGTERM forwards SIGTERM to tritonserver, which finishes in-flight requests
@@ -48,6 +57,7 @@ import ctypes
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import site
@@ -84,9 +94,16 @@ for _path in os.environ.get("{SITE_PACKAGES_ENV}", "").split(os.pathsep):
 
 EXPOSE_NOTE = (
     "Endpoints bind to --address (loopback by default). To accept other machines use --address 0.0.0.0; "
-    "WARNING: Triton has no authentication, so anyone who reaches the ports can run (and with "
-    "--model-control explicit, load or unload) models. Firewall it or put an authenticating proxy in front."
+    "WARNING: Triton has no authentication for inference, so anyone who reaches the ports can run the "
+    "models: firewall it or put an authenticating proxy (with a request-body size cap) in front. The "
+    "model-repository (load/unload), trace and logging APIs always need the header "
+    "'htr-admin-key: <key>' (the key is in --admin-key-file); off loopback the shared-memory API needs it too."
 )
+
+#: Header that Triton checks on the restricted APIs (``--http-restricted-api``/``--grpc-restricted-protocol``).
+ADMIN_HEADER = "htr-admin-key"
+#: APIs that change the server or reach its host (load/unload models, write trace files, change logging).
+RESTRICTED_APIS = ("model-repository", "trace", "logging")
 
 
 class ServerError(RuntimeError):
@@ -228,6 +245,10 @@ def port_in_use(address: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _is_loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
 
 
 def _connect_host(address: str) -> str:
@@ -392,7 +413,8 @@ class TritonServer:
                  env: dict[str, str] | None = None, *, poll_interval: int = 5, log_verbose: int = 0,
                  exit_timeout: int = 20, tritonserver: str | os.PathLike | None = None,
                  die_with_parent: bool = True, heal_stubs: bool = False, heal_interval: float = 0.5,
-                 on_heal: Callable[[str], None] | None = None):
+                 on_heal: Callable[[str], None] | None = None, admin_key: str | None = None,
+                 load_models: Sequence[str] = ("*",)):
         if model_control not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, not {model_control!r}")
         if heal_stubs and model_control == "none":
@@ -422,6 +444,20 @@ class TritonServer:
         self.url_grpc = f"{host}:{self.grpc_port}"  # the form tritonclient.grpc expects (no scheme)
         self.url_metrics = f"http://{host}:{self.metrics_port}/metrics"
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via *_proxy
+        # The admin APIs (RESTRICTED_APIS; off loopback also shared memory, which maps host /dev/shm objects
+        # by name) answer only requests carrying ADMIN_HEADER with this key. Default: $HTR_ADMIN_KEY or random.
+        self.admin_key = admin_key or os.environ.get("HTR_ADMIN_KEY") or secrets.token_urlsafe(24)
+        self.load_models = list(load_models)  # explicit mode: loaded at start ("*": all; empty: none)
+        self.restricted_apis = list(RESTRICTED_APIS) + ([] if _is_loopback(address) else ["shared-memory"])
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers for the restricted APIs, for both protocols (tritonclient calls take ``headers=``):
+        HTTP checks ``htr-admin-key``, gRPC the metadata ``triton-grpc-protocol-htr-admin-key``."""
+        return {ADMIN_HEADER: self.admin_key, f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_key}
+
+    def _admin_request(self, path: str) -> urllib.request.Request:
+        return urllib.request.Request(f"{self.url_http}{path}", data=b"{}", method="POST", headers=self.admin_headers)
 
     # -- state
     @property
@@ -446,7 +482,7 @@ class TritonServer:
     def model_state(self, model: str, timeout: float = 5.0) -> str | None:
         """``READY`` when some version of ``model`` is ready, else its state in the repository index (None:
         not in the index, or the server does not answer)."""
-        req = urllib.request.Request(f"{self.url_http}/v2/repository/index", data=b"{}", method="POST")
+        req = self._admin_request("/v2/repository/index")
         try:
             with self._opener.open(req, timeout=timeout) as r:
                 states = [e.get("state") for e in json.load(r) if e.get("name") == model]
@@ -463,8 +499,7 @@ class TritonServer:
         self._repository_action(model, "unload", timeout)
 
     def _repository_action(self, model: str, action: str, timeout: float) -> None:
-        req = urllib.request.Request(f"{self.url_http}/v2/repository/models/{model}/{action}", data=b"{}",
-                                     method="POST")
+        req = self._admin_request(f"/v2/repository/models/{model}/{action}")
         try:
             with self._opener.open(req, timeout=timeout):
                 pass
@@ -474,8 +509,7 @@ class TritonServer:
             raise ServerError(f"{action} {model!r} failed: {e}") from None
 
     def _ready_ensembles(self) -> list[str]:
-        req = urllib.request.Request(f"{self.url_http}/v2/repository/index", data=b"{}", method="POST")
-        with self._opener.open(req, timeout=5) as r:
+        with self._opener.open(self._admin_request("/v2/repository/index"), timeout=5) as r:
             ready = sorted({e["name"] for e in json.load(r) if e.get("state") == "READY"})
         ensembles = []
         for name in ready:
@@ -518,8 +552,11 @@ class TritonServer:
         """The stub watchdog's reloads so far (see :class:`StubWatchdog`)."""
         return self._watchdog.events if self._watchdog else []
 
-    def command(self, backend_dir: Path | None = None) -> list[str]:
+    def command(self, backend_dir: Path | None = None, redact: bool = False) -> list[str]:
+        """The tritonserver command line; ``redact`` hides the admin key (for printing)."""
         backend_dir = backend_dir or self._backend_dir or prepare_backend_dir()
+        key = "<admin-key>" if redact else self.admin_key
+        restricted = f"{','.join(self.restricted_apis)}:{ADMIN_HEADER}={key}"
         cmd = [str(self.tritonserver),
                "--model-repository", str(self.repository),
                "--backend-directory", str(backend_dir),
@@ -529,7 +566,10 @@ class TritonServer:
                # latency percentiles per model (nv_inference_request_summary_us{quantile=...}): the
                # serving dashboard's p50/p95/p99 panels and the p99 alert read them
                "--metrics-config", "summary_latencies=true",
+               "--http-restricted-api", restricted, "--grpc-restricted-protocol", restricted,
                "--model-control-mode", self.model_control]
+        if self.model_control == "explicit" and not any(a.startswith("--load-model") for a in self.extra_args):
+            cmd += [f"--load-model={m}" for m in self.load_models]  # explicit mode loads nothing by itself
         if self.model_control == "poll":
             cmd += ["--repository-poll-secs", str(self.poll_interval)]
         cmd += ["--log-verbose", str(self.log_verbose), "--exit-timeout-secs", str(self.exit_timeout)]
@@ -671,13 +711,17 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST (KServe v2) port")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (/metrics)")
-    p.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none",
-                   help="none: load everything once; poll: follow repository changes; "
-                        "explicit: load/unload through the API (nothing loads unless --extra --load-model=*)")
+    p.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="explicit",
+                   help="explicit: every model loads at start, then load/unload through the (key-protected) "
+                        "repository API, which also gives a clean drain on SIGTERM and stub healing; "
+                        "poll: follow repository changes; none: load everything once, no reloads")
     p.add_argument("--poll-interval", type=int, default=5, help="seconds between repository polls (poll mode)")
-    p.add_argument("--heal-stubs", action="store_true",
+    p.add_argument("--heal-stubs", action=argparse.BooleanOptionalAction, default=None,
                    help="reload a python-backend model whose stub process died (Triton 2.51 does not restart it); "
-                        "needs --model-control explicit or poll")
+                        "default: on with --model-control explicit or poll")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="where the key of the restricted APIs (header htr-admin-key) is written, mode 0600; "
+                        "the key is $HTR_ADMIN_KEY or random (None: beside the log file)")
     p.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbose log level")
     p.add_argument("--log-file", type=Path, default=None, help="server log file (None: a new temporary file, kept)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for /v2/health/ready")
@@ -723,7 +767,8 @@ def run(args) -> int:
                               address=args.address, model_control=args.model_control, log_file=args.log_file,
                               extra_args=args.extra, poll_interval=args.poll_interval,
                               log_verbose=args.log_verbose, exit_timeout=args.drain_timeout,
-                              tritonserver=args.tritonserver, heal_stubs=args.heal_stubs, on_heal=_say)
+                              tritonserver=args.tritonserver, on_heal=_say,
+                              heal_stubs=args.model_control != "none" if args.heal_stubs is None else args.heal_stubs)
     except ValueError as e:
         _say(f"error: {e}", err=True)
         return 2
@@ -736,8 +781,13 @@ def run(args) -> int:
         except ServerError as e:
             _say(f"error: {e}", err=True)
             return 2
-        _say("command: " + subprocess.list2cmdline(server.command()))
+        _say("command: " + subprocess.list2cmdline(server.command(redact=True)))
         _say(f"log: {server.log_path}")
+        key_file = args.admin_key_file or server.log_path.with_name(server.log_path.stem + ".admin-key")
+        key_file.touch(mode=0o600)
+        key_file.chmod(0o600)
+        key_file.write_text(server.admin_key + "\n")
+        _say(f"model-repository/trace/logging APIs need the header '{ADMIN_HEADER}: <key in {key_file}>'")
         if server.address in ("127.0.0.1", "::1", "localhost"):
             _say("loopback only; --address 0.0.0.0 exposes it to other machines (no authentication)")
         else:

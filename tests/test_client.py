@@ -172,19 +172,23 @@ def test_server_down_is_unreachable_quickly(protocol):
 
 def test_missing_model_is_model_not_ready(triton):
     for protocol in ("grpc", "http"):
+        # with the admin key the error lists what the server has (the repository index is key-protected)
         with pytest.raises(ModelNotReadyError) as info:
-            HTRClient(url_of(triton, protocol), protocol, model="no_such_model")
+            HTRClient(url_of(triton, protocol), protocol, model="no_such_model", headers=triton.admin_headers)
         assert info.value.available.get("htr") == "READY"
         assert "no_such_model" in str(info.value) and "htr (READY)" in str(info.value)
+        with pytest.raises(ModelNotReadyError) as info:  # without it: the same error, no listing
+            HTRClient(url_of(triton, protocol), protocol, model="no_such_model")
+        assert info.value.available == {} and "no_such_model" in str(info.value)
 
 
 def test_model_not_loaded_is_model_not_ready(cpu_repository, tmp_path):
     """A second server that knows the repository but loaded nothing (explicit model control)."""
     server = TritonServer(cpu_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          model_control="explicit", log_file=tmp_path / "explicit.log")
+                          model_control="explicit", log_file=tmp_path / "explicit.log", load_models=())
     with server:
         with pytest.raises(ModelNotReadyError) as info:
-            HTRClient(server.url_grpc, retries=0)
+            HTRClient(server.url_grpc, retries=0, headers=server.admin_headers)
         assert info.value.available == {m: "NOT LOADED" for m in ("htr", "preprocess", "crnn", "ctc_decode")}
 
         async def aio_connect():
@@ -203,7 +207,7 @@ def test_config_mismatch_says_what_differs(triton):
     with pytest.raises(ConfigMismatchError, match="another order"):
         HTRClient(triton.url_grpc, preprocess="client", expected_alphabet=alphabet[::-1])
     with pytest.raises(ConfigMismatchError) as info:
-        HTRClient(triton.http_endpoint, "http", model_version="7")
+        HTRClient(triton.http_endpoint, "http", model_version="7", headers=triton.admin_headers)
     assert info.value.field == "model version" and info.value.actual == ["1"]
     with pytest.raises(ConfigMismatchError, match="crnn model"):  # pixels sent to the ensemble
         HTRClient(triton.url_grpc, preprocess="client", pixels_model="htr")

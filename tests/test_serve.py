@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -170,6 +171,26 @@ def test_metrics_count_requests(server):
     assert _successes(server) == before + 1
 
 
+def _post_status(url: str, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, data=b"{}", method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_admin_apis_need_the_key(server):
+    """Model repository, trace and logging APIs are refused without the admin header; inference is not."""
+    base = server.url_http
+    for path in ("/v2/repository/index", "/v2/repository/models/preprocess/unload", "/v2/trace/setting",
+                 "/v2/logging"):
+        assert _post_status(base + path) == 403, path
+    assert _post_status(base + "/v2/repository/index", {"htr-admin-key": "wrong"}) == 403
+    assert _post_status(base + "/v2/repository/index", server.admin_headers) == 200
+    assert server.is_ready()  # the refused unload changed nothing
+
+
 def test_binds_loopback_only(server):
     for port in (server.http_port, server.grpc_port, server.metrics_port):
         assert _listeners(port) == {"127.0.0.1"}, f"port {port} listens on {_listeners(port)}"
@@ -226,6 +247,14 @@ def test_cli_reaches_ready_and_stops_on_sigint(tmp_path):
         assert f"http://127.0.0.1:{ports['http_port']}" in text
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http_port']}/v2/health/ready", timeout=5) as r:
             assert r.status == 200
+        # the admin key: in a 0600 file, never in the printed command line
+        key_file = tmp_path / "tritonserver.admin-key"
+        key = key_file.read_text().strip()
+        assert len(key) >= 24 and key not in text and "<admin-key>" in text
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        url = f"http://127.0.0.1:{ports['http_port']}/v2/repository/index"
+        assert _post_status(url) == 403  # default explicit mode: repository API needs the key
+        assert _post_status(url, {"htr-admin-key": key}) == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=40) == 0, out.read_text()
     finally:
