@@ -15,6 +15,13 @@ package and a CUDA GPU, and is skipped with the reason otherwise. A format named
 ``--formats`` that cannot be built is an error. Every built format is checked on real images against
 PyTorch eager: max |delta log-prob| <= 1e-4 in FP32 (5e-2 in FP16) and identical greedy decodes; the
 report is printed and a mismatch fails the build (exit code 1).
+
+Size limits: the served ``preprocess`` model refuses an image over ``--max-bytes`` (encoded) or
+``--max-pixels`` (read from its header, before decoding: decompression bombs) and a request whose images
+add up to over ``--max-request-bytes``; the CPU ``crnn`` refuses ``PIXELS`` wider than ``--max-width``. Each
+gets a clear error and the server keeps serving. Triton 2.51 itself has no HTTP body-size limit (gRPC
+messages may reach 2 GB), so these checks run on requests already received: where untrusted clients can
+reach the server, cap the body size in a reverse proxy in front of it (nginx ``client_max_body_size 64m;``).
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ ALL_FORMATS = ("torchscript", "onnx", "tensorrt")
 
 
 def parse_args(argv=None):
+    from htr.export.repository import RepositoryOptions  # the limits' defaults live there
     ap = argparse.ArgumentParser(prog="python export/build_engine.py", description=__doc__,
                                  formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter,
                                                             argparse.RawDescriptionHelpFormatter), {}))
@@ -47,7 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--opt-batch", type=int, default=32, help="TensorRT profile optimum batch")
     ap.add_argument("--min-width", type=int, default=32)
     ap.add_argument("--opt-width", type=int, default=None, help="default: the checkpoint's input width")
-    ap.add_argument("--max-width", type=int, default=1024)
+    ap.add_argument("--max-width", type=int, default=1024,
+                    help="widest PIXELS crnn accepts (TensorRT profile max; the CPU crnn refuses wider requests)")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset")
     ap.add_argument("--decoder", choices=["greedy", "beam"], default="greedy", help="ctc_decode's decoder")
     ap.add_argument("--beam-width", type=int, default=10)
@@ -59,6 +68,14 @@ def parse_args(argv=None):
     ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching max queue delay")
     ap.add_argument("--no-dynamic-batching", action="store_true",
                     help="leave dynamic batching off (only to measure what it buys)")
+    limits = RepositoryOptions()
+    ap.add_argument("--max-bytes", type=int, default=limits.max_bytes,
+                    help="largest encoded image preprocess accepts (bytes); larger items get an error")
+    ap.add_argument("--max-pixels", type=int, default=limits.max_pixels,
+                    help="largest image preprocess accepts (width x height, read from the header before decoding)")
+    ap.add_argument("--max-request-bytes", type=int, default=limits.max_request_bytes,
+                    help="largest total of encoded images in one request (bytes); a larger request gets an error. "
+                         "Cap the HTTP body size in a reverse proxy too: Triton has no such limit")
     ap.add_argument("--version", type=int, default=1, help="model version folder to write")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="Kaggle-layout folder whose labelled/ images drive the parity check")
@@ -158,8 +175,8 @@ def main(argv=None) -> int:
         target=args.target, gpu_engine=args.gpu_engine, shapes=shapes, preprocess_instances=args.preprocess_instances,
         crnn_instances=args.crnn_instances, decode_instances=args.decode_instances, torch_threads=args.torch_threads,
         queue_delay_us=args.queue_delay_us, dynamic_batching=not args.no_dynamic_batching, decoder=args.decoder,
-        beam_width=args.beam_width, lexicon=lexicon,
-        version=args.version,
+        beam_width=args.beam_width, lexicon=lexicon, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
+        max_request_bytes=args.max_request_bytes, version=args.version,
     )
     crnn_file = artifacts["torchscript"] if args.target == "cpu" else artifacts[need]
     write_repository(args.repository, cfg, opts, crnn_file)

@@ -10,6 +10,15 @@ Both variants come from this one generator:
 Configs are built as ``ModelConfig`` protobufs (``tritonclient.grpc.model_config_pb2``) and written in
 text format, so they are valid by construction. The alphabet and shapes come from the checkpoint's
 ``HTRConfig``, embedded in every config as the ``htr_config`` parameter; nothing is typed twice.
+
+Size limits (``RepositoryOptions``; ``export/build_engine.py --max-bytes/--max-pixels/--max-request-bytes/
+--max-width``) are checked inside the models: ``preprocess`` refuses an image over ``max_bytes`` encoded
+bytes or ``max_pixels`` pixels (from its header, before decoding) and a request whose images add up to
+over ``max_request_bytes``; the CPU ``crnn`` refuses ``PIXELS`` wider than ``shapes.max_width``. Each refusal
+is a clear error for that item or request; the server keeps serving. These checks run after Triton has
+received the request, though: Triton 2.51 has no limit on the size of an HTTP body (and gRPC messages may
+reach 2 GB), so a server reachable by untrusted clients needs a reverse proxy in front that caps the body
+size (e.g. nginx ``client_max_body_size 64m;``, Envoy ``max_request_bytes``).
 """
 from __future__ import annotations
 
@@ -22,6 +31,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from htr.config import HTRConfig
+from htr.preprocess._decode import MAX_REQUEST_BYTES
+from htr.preprocess._limits import MAX_PIXELS
 
 from .engines import CONFIG_KEY, INPUT_NAME, OUTPUT_NAME, Shapes
 
@@ -50,8 +61,9 @@ class RepositoryOptions:
     decoder: str = "greedy"  # greedy | beam
     beam_width: int = 10
     lexicon: list[str] | None = None
-    max_pixels: int = 50_000_000
-    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = MAX_PIXELS  # per image, from its header, before decoding
+    max_bytes: int = 8 * 1024 * 1024  # per encoded image
+    max_request_bytes: int = MAX_REQUEST_BYTES  # all encoded images of one request together
     version: int = 1
 
 
@@ -87,6 +99,7 @@ def preprocess_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig
     c.parameters["threads"].string_value = str(opts.preprocess_threads)
     c.parameters["max_pixels"].string_value = str(opts.max_pixels)
     c.parameters["max_bytes"].string_value = str(opts.max_bytes)
+    c.parameters["max_request_bytes"].string_value = str(opts.max_request_bytes)
     w = c.model_warmup.add(name="one_png", batch_size=1)
     w.inputs["IMAGE_BYTES"].data_type = mc.TYPE_STRING
     w.inputs["IMAGE_BYTES"].dims.extend([1])
@@ -107,6 +120,7 @@ def crnn_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
         in_name, out_name = INPUT_NAME, OUTPUT_NAME
         c.parameters["model_file"].string_value = "model.pt"
         c.parameters["torch_threads"].string_value = str(opts.torch_threads)
+        c.parameters["max_width"].string_value = str(opts.shapes.max_width)
     _tensor(c.input, in_name, mc.TYPE_FP32, [1, cfg.input.height, -1])
     _tensor(c.output, out_name, mc.TYPE_FP32, [-1, cfg.num_classes])
     for batch in sorted({1, opts.shapes.opt_batch}):

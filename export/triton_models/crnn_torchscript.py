@@ -20,7 +20,10 @@ class TritonPythonModel:
     """PIXELS (float32, N x 1 x H x W) -> LOGPROBS (float32, N x W/4 x C): the CRNN in TorchScript on CPU.
 
     The CPU stand-in for the GPU variant (TensorRT / libtorch / ONNX Runtime backends) of the same
-    repository. Requests of the same width are run as one batch.
+    repository. Requests of the same width are run as one batch. A width over ``max_width`` (the parameter
+    written from ``export/build_engine.py --max-width``, the TensorRT profile's maximum on the GPU variant)
+    is refused before the network runs: the CNN's activations grow with the width (for the shipped model, 64
+    images 65536 pixels wide would need some 17 GB for the first layer's output alone).
     """
 
     def initialize(self, args):
@@ -28,6 +31,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.cfg = HTRConfig.from_json(params["htr_config"])
         torch.set_num_threads(int(params.get("torch_threads", 1)))
+        self.max_width = int(params.get("max_width", 0))  # 0: no limit
         path = Path(args["model_repository"]) / args["model_version"] / params.get("model_file", "model.pt")
         extra = {"htr_config.json": ""}
         self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
@@ -47,6 +51,12 @@ class TritonPythonModel:
             if width < 4:
                 for i in idx:
                     outputs[i] = pb_utils.TritonError(f"PIXELS width {width} is below the minimum of 4")
+                continue
+            if self.max_width and width > self.max_width:
+                for i in idx:
+                    outputs[i] = pb_utils.TritonError(
+                        f"PIXELS width {width} is over the limit of {self.max_width} (crnn parameter max_width; "
+                        "raise it with export/build_engine.py --max-width)")
                 continue
             batch = torch.from_numpy(np.concatenate([arrays[i] for i in idx]))
             with torch.inference_mode():

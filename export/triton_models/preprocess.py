@@ -6,6 +6,7 @@ import site
 for _path in filter(None, os.environ.get("HTR_SITE_PACKAGES", "").split(os.pathsep)):
     site.addsitedir(_path)
 
+import ctypes  # noqa: E402
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -14,6 +15,19 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from htr.config import HTRConfig  # noqa: E402
 from htr.export.triton_metrics import InputMetrics  # noqa: E402
 from htr.preprocess import decode_images, preprocess_batch  # noqa: E402
+from htr.preprocess._decode import MAX_BYTES, MAX_PIXELS, MAX_REQUEST_BYTES  # noqa: E402
+
+# Once a batch has decoded an image this large (pixels), the freed memory is handed back to the OS: glibc
+# keeps the heap that large decodes grew (a 20-megapixel colour image is 60 MB), so without this an
+# instance's RSS stays at the size of its largest recent decodes. Real crops are ~10 kilopixels: never.
+TRIM_AFTER_PIXELS = 1_000_000
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
 
 
 class TritonPythonModel:
@@ -22,59 +36,92 @@ class TritonPythonModel:
     A bad image (corrupt, empty, too large) gets zero pixels and its reason in ERROR; the other images
     of the same request and batch are processed normally. Everything is batched across requests.
     Each image's size and ink ratio go to the input-drift histograms (``htr.export.triton_metrics``).
+
+    Limits (``parameters``, written by ``export/build_engine.py --max-bytes/--max-pixels/--max-request-bytes``):
+    ``max_bytes`` per encoded image and ``max_pixels`` per image (read from the header, before decoding)
+    fail the item; ``max_request_bytes`` over all images of one request fails that request, before any of
+    it is decoded. Images are decoded one at a time and preprocessed in chunks of at most ``max_pixels``
+    decoded pixels, so a batch of large (allowed) images never sits in memory all at once, and the memory
+    such a batch used is returned to the OS afterwards (``TRIM_AFTER_PIXELS``).
     """
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.cfg = HTRConfig.from_json(params["htr_config"])
-        self.max_pixels = int(params.get("max_pixels", 50_000_000))
-        self.max_bytes = int(params.get("max_bytes", 32 * 1024 * 1024))
+        self.max_pixels = int(params.get("max_pixels", MAX_PIXELS))
+        self.max_bytes = int(params.get("max_bytes", MAX_BYTES))
+        self.max_request_bytes = int(params.get("max_request_bytes", MAX_REQUEST_BYTES))
         self.threads = int(params.get("threads", 1))
         self.height, self.width = self.cfg.input.height, self.cfg.input.width
         self.logger = pb_utils.Logger
         self.metrics = InputMetrics(pb_utils, args["model_name"], args["model_version"])
+        self.malloc_trim = _malloc_trim()
 
-    def _decode(self, blobs):
-        """All images at once; on any failure, one by one so only the bad ones are dropped."""
-        try:
-            return decode_images(blobs, self.max_pixels, self.max_bytes), [""] * len(blobs)
-        except ValueError:
-            pass
-        images, errors = [], []
-        for blob in blobs:
+    def _too_large(self, arr) -> str:
+        """The reason to refuse a whole request (its images together are over max_request_bytes), or ""."""
+        size = sum(len(b) for b in arr)
+        if size <= self.max_request_bytes:
+            return ""
+        return (f"request carries {size} bytes in {len(arr)} image(s), over the limit of {self.max_request_bytes} "
+                "bytes per request (max_request_bytes): send fewer images per request, or raise the limit with "
+                "export/build_engine.py --max-request-bytes")
+
+    def _read(self, blobs):
+        """Decode and preprocess ``blobs``: (pixels (N, 1, H, W), errors, the largest image's pixel count).
+        A bad blob fails alone."""
+        pixels = np.zeros((len(blobs), 1, self.height, self.width), np.float32)
+        errors = [""] * len(blobs)
+        chunk, chunk_pixels, largest = [], 0, 0  # chunk: (index, decoded image) waiting for preprocess_batch
+        for k, blob in enumerate(blobs):
             try:
-                images.append(decode_images([blob], self.max_pixels, self.max_bytes)[0])
-                errors.append("")
+                image = decode_images([blob], self.max_pixels, self.max_bytes)[0]
             except ValueError as e:
-                images.append(None)
-                errors.append(str(e).replace("image 0: ", "", 1))
-        return images, errors
+                errors[k] = str(e).replace("image 0: ", "", 1)
+                continue
+            chunk.append((k, image))
+            chunk_pixels += image.shape[0] * image.shape[1]
+            largest = max(largest, image.shape[0] * image.shape[1])
+            if chunk_pixels >= self.max_pixels:  # bound the decoded pixels held at once
+                self._preprocess(chunk, pixels, errors)
+                chunk, chunk_pixels = [], 0
+        if chunk:
+            self._preprocess(chunk, pixels, errors)
+        return pixels, errors, largest
+
+    def _preprocess(self, chunk, pixels, errors) -> None:
+        index, images = [k for k, _ in chunk], [image for _, image in chunk]
+        try:
+            batch = preprocess_batch(images, self.height, self.width, self.cfg.input.binarize,
+                                     threads=self.threads, max_pixels=self.max_pixels)
+        except ValueError as e:  # should not happen after decoding; fail the items, not the server
+            for k in index:
+                errors[k] = f"preprocessing failed: {e}"
+            return
+        pixels[index] = batch
+        self.metrics.record(images, (batch > 0.5).mean(axis=(1, 2, 3)))  # ink = 1
 
     def execute(self, requests):
         blobs, counts, responses = [], [], [None] * len(requests)
+        refused = 0  # images of requests refused as a whole
         for i, request in enumerate(requests):
+            counts.append(0)
             tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES")
             if tensor is None:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError("missing input IMAGE_BYTES"))
-                counts.append(0)
                 continue
             arr = tensor.as_numpy().reshape(-1)
+            reason = self._too_large(arr)
+            if reason:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(reason))
+                refused += arr.shape[0]
+                continue
             blobs.extend(arr.tolist())
-            counts.append(arr.shape[0])
-        images, errors = self._decode(blobs)
-        good = [k for k, img in enumerate(images) if img is not None]
-        pixels = np.zeros((len(images), 1, self.height, self.width), np.float32)
-        if good:
-            try:
-                batch = preprocess_batch([images[k] for k in good], self.height, self.width,
-                                         self.cfg.input.binarize, threads=self.threads, max_pixels=self.max_pixels)
-                pixels[good] = batch
-                self.metrics.record([images[k] for k in good], (batch > 0.5).mean(axis=(1, 2, 3)))  # ink = 1
-            except ValueError as e:  # should not happen after decoding; fail the items, not the server
-                for k in good:
-                    errors[k] = f"preprocessing failed: {e}"
-        self.metrics.record_failures(sum(1 for e in errors if e))
+            counts[i] = arr.shape[0]
+        pixels, errors, largest = self._read(blobs)
+        if largest >= TRIM_AFTER_PIXELS and self.malloc_trim is not None:
+            self.malloc_trim(0)  # the decoded images are gone with _read's frame
+        self.metrics.record_failures(refused + sum(1 for e in errors if e))
         start = 0
         for i, n in enumerate(counts):
             if responses[i] is not None:
