@@ -247,7 +247,8 @@ def port_in_use(address: str, port: int) -> bool:
     return False
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """The address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
     return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
 
 
@@ -448,7 +449,7 @@ class TritonServer:
         # by name) answer only requests carrying ADMIN_HEADER with this key. Default: $HTR_ADMIN_KEY or random.
         self.admin_key = admin_key or os.environ.get("HTR_ADMIN_KEY") or secrets.token_urlsafe(24)
         self.load_models = list(load_models)  # explicit mode: loaded at start ("*": all; empty: none)
-        self.restricted_apis = list(RESTRICTED_APIS) + ([] if _is_loopback(address) else ["shared-memory"])
+        self.restricted_apis = list(RESTRICTED_APIS) + ([] if is_loopback(address) else ["shared-memory"])
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -788,7 +789,7 @@ def run(args) -> int:
         key_file.chmod(0o600)
         key_file.write_text(server.admin_key + "\n")
         _say(f"model-repository/trace/logging APIs need the header '{ADMIN_HEADER}: <key in {key_file}>'")
-        if server.address in ("127.0.0.1", "::1", "localhost"):
+        if is_loopback(server.address):
             _say("loopback only; --address 0.0.0.0 exposes it to other machines (no authentication)")
         else:
             _say(f"WARNING: listening on {server.address} without authentication; firewall these ports")

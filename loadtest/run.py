@@ -32,7 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_REPORTS = ROOT / "loadtest" / "reports"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def triton_request_counts(metrics_url: str, model: str = "htr") -> dict[str, float]:
@@ -162,7 +161,9 @@ def run(args) -> int:
     if not args.images.is_dir():
         print(f"htr loadtest: no image folder at {args.images}", file=sys.stderr)
         return 2
-    if args.url and args.url not in LOOPBACK and not args.allow_remote:
+    from htr.serve import is_loopback
+
+    if args.url and not is_loopback(args.url) and not args.allow_remote:
         print(f"htr loadtest: {args.url} is not loopback; pass --allow-remote to load another machine",
               file=sys.stderr)
         return 2
