@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .data import read_kaggle, split_samples
-from .metrics import score
+from .metrics import by_confidence, score
 
 
 def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
@@ -43,6 +43,10 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--by-confidence", type=str, default=None, metavar="T1,T2,...",
+                   help="also report, per confidence threshold, the share of reads kept and their exact match "
+                        "(JSON key by_confidence; e.g. 0,0.1,0.5,0.9): where to send reads to human review, "
+                        "or which --pseudo-threshold to train with")
     p.add_argument("--predictions", type=Path, default=None, help="also write FILENAME,IDENTITY,PREDICTION,CONFIDENCE")
     p.set_defaults(func=run)
 
@@ -69,6 +73,16 @@ def read_served(path: Path, samples) -> tuple[list[tuple[str, float]], int]:
 
 
 def run(args) -> int:
+    thresholds = None
+    if args.by_confidence is not None:
+        try:
+            thresholds = [float(t) for t in args.by_confidence.split(",") if t.strip()]
+        except ValueError:
+            thresholds = None
+        if not thresholds:
+            print(f"error: --by-confidence wants comma-separated numbers, e.g. 0,0.1,0.5, got {args.by_confidence!r}",
+                  file=sys.stderr)
+            return 2
     samples, report = read_kaggle(args.labels, args.images, check_files=args.served is None)
     if args.split != "all":
         train, held = split_samples(samples)
@@ -89,6 +103,9 @@ def run(args) -> int:
         result, preds = evaluate(rec, samples)
         result["checkpoint"] = str(args.checkpoint)
         decoder = rec.decoder
+    if thresholds:
+        result["by_confidence"] = by_confidence([p for p, _ in preds], [c for _, c in preds],
+                                                [s.text for s in samples], thresholds)
     result.update({
         "labels": str(args.labels), "split": args.split, "decoder": decoder,
         "lexicon": str(args.lexicon) if args.lexicon else None, "dropped": dict(report.dropped),

@@ -133,6 +133,27 @@ def test_eval_cli_prints_json(tmp_path, tiny_kaggle, capsys):
                 "--split", "eval", "--decoder", "beam", "--lexicon", str(tiny_kaggle / "names_corpus.txt"), "--json"]) == 0
     beam = json.loads(capsys.readouterr().out)
     assert 0 < beam["n"] < 60 and beam["decoder"] == "beam"
+    assert cli(["eval", "--checkpoint", str(tmp_path / "e" / "best.pt"), "--labels", str(tiny_kaggle / "labels.csv"),
+                "--by-confidence", "0,0.5,1.01", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["by_confidence"]
+    assert [r["threshold"] for r in table] == [0.0, 0.5, 1.01]
+    assert table[0]["n_kept"] == 60 and table[-1]["n_kept"] == 0 and table[-1]["exact_match"] is None
+    assert cli(["eval", "--checkpoint", str(tmp_path / "e" / "best.pt"), "--labels", str(tiny_kaggle / "labels.csv"),
+                "--by-confidence", "high"]) == 2
+    assert "--by-confidence wants comma-separated numbers" in capsys.readouterr().err
+
+
+def test_by_confidence_counts_kept_reads_and_their_accuracy():
+    from htr.metrics import by_confidence
+
+    preds, confs = ["ANNA", "LEO", "MAX", "JO"], [0.95, 0.6, 0.2, 0.05]
+    labels = ["ANNA", "LEA", "MAX", "JO"]
+    rows = by_confidence(preds, confs, labels, thresholds=(0.5, 0.0, 0.9, 0.99))
+    assert [(r["threshold"], r["n_kept"], r["exact_match"]) for r in rows] == [
+        (0.0, 4, 0.75), (0.5, 2, 0.5), (0.9, 1, 1.0), (0.99, 0, None)]
+    assert rows[1]["kept"] == 0.5
+    with pytest.raises(ValueError, match="3 confidences"):
+        by_confidence(preds, confs[:3], labels)
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
