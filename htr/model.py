@@ -55,6 +55,30 @@ class CRNN(nn.Module):
         return x.log_softmax(-1)
 
 
+def adapt_state_dict(state: dict, old: HTRConfig, new: HTRConfig) -> dict:
+    """Carry weights trained at one input height over to another (for ``htr train --init``).
+
+    Only the projection after the CNN depends on the height: its inputs are ``channels x H/16`` feature
+    rows, ordered channel-major. Each new row takes the old rows it overlaps, weighted by the overlap
+    (area resampling of the weights), so a feature column that is uniform along the height projects to
+    exactly what it did before. Width needs nothing (the network is width-agnostic); any other change is
+    refused.
+    """
+    if old.model != new.model or old.alphabet != new.alphabet or old.blank != new.blank:
+        raise ValueError("only the input size can differ from the --init checkpoint (model, alphabet, blank fixed)")
+    h_old, h_new = old.input.height // 16, new.input.height // 16
+    if h_old == h_new:
+        return state
+    # overlap[j, r]: length of old row r inside new row j, in old-row units (each column sums to 1)
+    edges = torch.arange(h_new + 1, dtype=torch.float64) * h_old / h_new
+    r = torch.arange(h_old, dtype=torch.float64)
+    overlap = (torch.minimum(edges[1:, None], r + 1) - torch.maximum(edges[:-1, None], r)).clamp(min=0)
+    w = state["proj.0.weight"]  # (out, C*h_old), index c*h_old + row
+    out, feat = w.shape
+    w_new = w.reshape(out, feat // h_old, h_old).double() @ overlap.T  # (out, C, h_new)
+    return {**state, "proj.0.weight": w_new.to(w.dtype).reshape(out, -1).contiguous()}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from .config import HTRConfig, InputConfig, ModelConfig
 from .data import Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples
 from .metrics import score
-from .model import CRNN, count_parameters, load_checkpoint, save_checkpoint
+from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, save_checkpoint
 from .preprocess import ctc_greedy_decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +61,11 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0: off)")
     g.add_argument("--eval-fraction", type=float, default=1 / 3, help="share of real images held out (hash split)")
     g = p.add_argument_group("model")
-    g.add_argument("--height", type=int, default=InputConfig.height)
-    g.add_argument("--width", type=int, default=InputConfig.width)
+    g.add_argument("--height", type=int, default=None,
+                   help=f"input height, a multiple of 16 (default {InputConfig.height}; with --init the checkpoint's, "
+                        "and a new height resamples its projection weights)")
+    g.add_argument("--width", type=int, default=None,
+                   help=f"input width (default {InputConfig.width}; with --init the checkpoint's, or a new one)")
     g.add_argument("--channels", default=",".join(map(str, ModelConfig.cnn_channels)), help="6 CNN widths")
     g.add_argument("--hidden", type=int, default=ModelConfig.lstm_hidden, help="LSTM hidden size per direction")
     g.add_argument("--dropout", type=float, default=ModelConfig.dropout)
@@ -119,7 +122,11 @@ class TrainMetrics:
         Info("htr_train_run", "the training run").info({"run": run_name, "device": device})
         self.server = None
         if port:
-            self.server, _ = start_http_server(port, addr=addr)
+            try:
+                self.server, _ = start_http_server(port, addr=addr)
+            except OSError as e:
+                raise SystemExit(f"error: cannot serve training metrics on {addr}:{port} ({e.strerror}): another "
+                                 "run may hold the port; pick a free --metrics-port, or 0 for no exporter") from None
 
     def update_memory(self, device: torch.device):
         try:
@@ -197,8 +204,11 @@ def validate(model, loader, cfg: HTRConfig, device) -> dict:
 
 
 def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, device, batch_size=64,
-                 progress=True) -> list[Sample]:
-    """Read unlabelled images with a lexicon beam search; keep those at least ``threshold`` confident."""
+                 progress=True, stop=lambda: False) -> list[Sample]:
+    """Read unlabelled images with a lexicon beam search; keep those at least ``threshold`` confident.
+
+    ``stop()`` is checked between batches: a run told to stop returns what it has labelled so far.
+    """
     from tqdm import tqdm
 
     from .decoding import CTCDecoder
@@ -210,6 +220,8 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
     model.eval()
     with torch.inference_mode():
         for i in tqdm(range(0, len(files), batch_size), desc="pseudo-label", disable=not progress, unit="batch"):
+            if stop():
+                break
             chunk = files[i : i + batch_size]
             try:
                 images = decode_images([p.read_bytes() for p in chunk])
@@ -259,10 +271,17 @@ def run(args) -> int:
         resume_ckpt = load_checkpoint(last)
         cfg = HTRConfig.from_dict(resume_ckpt["config"])
     elif args.init:
-        cfg = HTRConfig.from_dict(load_checkpoint(args.init)["config"])
+        init_ckpt = load_checkpoint(args.init)
+        init_cfg = HTRConfig.from_dict(init_ckpt["config"])
+        cfg = replace(init_cfg, input=replace(init_cfg.input, height=args.height or init_cfg.input.height,
+                                              width=args.width or init_cfg.input.width))
+        if cfg.input != init_cfg.input:
+            print(f"--init: input {init_cfg.input.height}x{init_cfg.input.width} -> "
+                  f"{cfg.input.height}x{cfg.input.width}")
     else:
         channels = tuple(int(c) for c in args.channels.split(","))
-        cfg = HTRConfig(input=InputConfig(height=args.height, width=args.width),
+        cfg = HTRConfig(input=InputConfig(height=args.height or InputConfig.height,
+                                          width=args.width or InputConfig.width),
                         model=ModelConfig(cnn_channels=channels, lstm_hidden=args.hidden, dropout=args.dropout))
 
     # data
@@ -301,7 +320,12 @@ def run(args) -> int:
     # model + optimisation
     model = CRNN(cfg).to(device)
     if args.init and not args.resume:
-        model.load_state_dict(load_checkpoint(args.init)["state_dict"])
+        model.load_state_dict(adapt_state_dict(init_ckpt["state_dict"], init_cfg, cfg))
+
+    def init_model():
+        m = CRNN(init_cfg).to(device)
+        m.load_state_dict(init_ckpt["state_dict"])
+        return m
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     per_epoch = math.ceil((len(train_samples) + (args.synth or 0)) / args.batch_size)  # before pseudo-labels
 
@@ -331,7 +355,8 @@ def run(args) -> int:
 
     def _graceful(signum, _frame):
         stop["now"] = True
-        print(f"\nsignal {signum}: finishing this step, saving last.pt", file=sys.stderr)
+        print(f"\nsignal {signum}: finishing this step (or pseudo-labelling batch), then stopping",
+              file=sys.stderr)
 
     old_handlers = {s: signal.signal(s, _graceful) for s in (signal.SIGINT, signal.SIGTERM)}
     history = open(args.out / "history.jsonl", "a")
@@ -339,9 +364,16 @@ def run(args) -> int:
     try:
         for epoch in range(start_epoch, args.epochs):
             if args.pseudo and (epoch % args.pseudo_every == 0) and (epoch > 0 or args.init):
-                pseudo = [replace(s, weight=args.pseudo_weight) for s in pseudo_label(
-                    model, cfg, args.pseudo, lexicon_words, args.pseudo_threshold, device,
-                    progress=not args.no_progress)]
+                # the first pass after --init reads with the init model at its own input size: a model whose
+                # size was just changed has not yet adapted and would label worse
+                first = not args.resume and args.init and epoch == start_epoch and cfg.input != init_cfg.input
+                labeller, label_cfg = (init_model(), init_cfg) if first else (model, cfg)
+                labelled = pseudo_label(labeller, label_cfg, args.pseudo, lexicon_words, args.pseudo_threshold,
+                                        device, progress=not args.no_progress, stop=lambda: stop["now"])
+                if stop["now"]:  # the previous epoch's last.pt stays the resume point; --resume relabels
+                    print("stopped while pseudo-labelling: this epoch is not trained", file=sys.stderr)
+                    break
+                pseudo = [replace(s, weight=args.pseudo_weight) for s in labelled]
                 print(f"pseudo-labelled {len(pseudo)} images at confidence >= {args.pseudo_threshold}")
             metrics.pseudo.set(len(pseudo))
             parts = [ImageDataset(train_samples + pseudo)]

@@ -292,9 +292,10 @@ def test_limits_are_configurable(limited, good, recognizer):
         assert "over the limit of 100000 bytes" in res[0][2]
         assert re.search(r"1001x1000 \(1\.0 megapixels\) is over the limit of 1 megapixels", res[1][2]), res[1]
         assert res[2][2] == "" and res[2][0] == recognizer.predict_blobs(good[:1])[0][0]
+        h = recognizer.cfg.input.height
         with pytest.raises(InferenceServerException, match=r"PIXELS width 516 is over the limit of 512"):
-            infer_pixels(client, module, np.zeros((1, 1, 32, 516), np.float32))
-        assert infer_pixels(client, module, np.zeros((1, 1, 32, 512), np.float32)).shape[:2] == (1, 128)
+            infer_pixels(client, module, np.zeros((1, 1, h, 516), np.float32))
+        assert infer_pixels(client, module, np.zeros((1, 1, h, 512), np.float32)).shape[:2] == (1, 128)
         client.close()
     assert_serving(limited, good, recognizer)
 
@@ -302,8 +303,8 @@ def test_limits_are_configurable(limited, good, recognizer):
 # --- crnn called directly with wrong tensors; the ensemble with wrong or empty tensors --------------
 
 @pytest.fixture(scope="module")
-def wrong(good) -> dict[str, bad.WrongTensor]:
-    return {w.name: w for w in bad.wrong_tensors(good[0])}
+def wrong(good, recognizer) -> dict[str, bad.WrongTensor]:
+    return {w.name: w for w in bad.wrong_tensors(good[0], recognizer.cfg.input.height)}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -317,7 +318,7 @@ def test_wrong_tensor_is_refused_cleanly(triton, protocol, name, wrong, good, re
     with pytest.raises(InferenceServerException, match=case.error):
         client.infer(case.model, [case.as_input(module)], **_kw(module))
     assert time.perf_counter() - t0 < 30, f"{case} took {time.perf_counter() - t0:.0f} s to be refused"
-    pixels = np.zeros((2, 1, 32, 64), np.float32)
+    pixels = np.zeros((2, 1, recognizer.cfg.input.height, 64), np.float32)
     assert infer_pixels(client, module, pixels).shape[:2] == (2, 16)
     assert infer_bytes(client, module, good[:1])[0][::2] == (recognizer.predict_blobs(good[:1])[0][0], "")
     assert client.is_server_ready()

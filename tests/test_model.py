@@ -132,3 +132,24 @@ def test_score_matches_hand_computed():
     # positional: 6 + 2 + 6 ("JEAN P" + ... ) computed literally
     pos = sum(sum(a == b for a, b in zip(p, t)) for p, t in [("MARTIN", "MARTIN"), ("LEA", "LEO"), ("JEAN PAUL", "JEAN PIERRE")])
     assert r["correct_chars"] == pytest.approx(pos / 22)
+
+
+def test_adapt_state_dict_keeps_the_projection_of_height_uniform_features():
+    """A new input height resamples only the projection; height-uniform features project the same."""
+    from htr.model import adapt_state_dict
+
+    small = ModelConfig(cnn_channels=(8, 8, 8, 8, 8, 8), lstm_hidden=8)
+    old = HTRConfig(input=InputConfig(height=32), model=small)
+    torch.manual_seed(0)
+    state = CRNN(old).state_dict()
+    for height in (48, 64, 16):
+        new = HTRConfig(input=InputConfig(height=height, width=384), model=small)
+        adapted = adapt_state_dict(state, old, new)
+        CRNN(new).load_state_dict(adapted)  # shapes fit the new network
+        column = torch.randn(8)
+        f_old = column[:, None].expand(8, 2).reshape(-1)  # channel-major, constant along height
+        f_new = column[:, None].expand(8, height // 16).reshape(-1)
+        torch.testing.assert_close(adapted["proj.0.weight"] @ f_new, state["proj.0.weight"] @ f_old)
+        assert all(torch.equal(adapted[k], v) for k, v in state.items() if k != "proj.0.weight")
+    with pytest.raises(ValueError, match="only the input size"):
+        adapt_state_dict(state, old, HTRConfig(model=ModelConfig(cnn_channels=(8,) * 6, lstm_hidden=16)))

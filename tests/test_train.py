@@ -164,3 +164,55 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     values = [lr_factor(p / 100, 0.1) for p in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone after warm-up
     assert lr_factor(1.0, 0.1) == pytest.approx(0.02) and lr_factor(1.5, 0.1) == pytest.approx(0.02)
+
+
+def test_init_at_a_new_input_size_first_pseudo_labels_with_the_init_model(tmp_path, tiny_kaggle, monkeypatch):
+    import htr.train as train_mod
+
+    common = ["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--epochs", "1",
+              "--max-steps", "2", "--batch-size", "8", "--workers", "0", "--metrics-port", "0", "--no-progress"]
+    assert cli([*common, "--out", str(tmp_path / "a"), *TINY]) == 0
+    labelled_at = []
+    real_pseudo_label = train_mod.pseudo_label
+
+    def spy(model, cfg, *args, **kwargs):
+        labelled_at.append((cfg.input.height, cfg.input.width))
+        return real_pseudo_label(model, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "pseudo_label", spy)
+    assert cli([*common, "--epochs", "2", "--max-steps", "100", "--pseudo-every", "1", "--pseudo",
+                str(tiny_kaggle / "labelled"), "--pseudo-threshold", "0", "--init", str(tmp_path / "a" / "last.pt"),
+                "--height", "48", "--width", "320", "--out", str(tmp_path / "b")]) == 0
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ckpt["config"]["input"]["height"] == 48 and ckpt["config"]["input"]["width"] == 320
+    assert ckpt["config"]["model"] == load_checkpoint(tmp_path / "a" / "last.pt")["config"]["model"]
+    # epoch 1 is labelled by the --init model at its own size, epoch 2 by the model being trained
+    assert labelled_at == [(32, 256), (48, 320)]
+
+
+def test_pseudo_labelling_stops_between_batches(tmp_path, tiny_kaggle):
+    """A signal during the (long) pseudo-labelling pass is honoured at the next batch, not after all of it."""
+    from htr.train import pseudo_label
+
+    cfg = HTRConfig(model=ModelConfig(cnn_channels=(8, 16, 16, 16, 32, 32), lstm_hidden=16))
+    model = CRNN(cfg)
+    calls = []
+
+    def stop_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    pseudo_label(model, cfg, tiny_kaggle / "labelled", None, 0.0, torch.device("cpu"), batch_size=8,
+                 progress=False, stop=stop_after_two)
+    assert len(calls) == 3  # 60 images = 8 batches of 8; it looked 3 times and stopped before batch 3
+    assert model.training
+
+
+def test_metrics_port_in_use_is_a_clear_error(tmp_path, tiny_kaggle):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit, match=rf"cannot serve training metrics on 127.0.0.1:{port}.*--metrics-port"):
+            cli(["train", "--real", str(tiny_kaggle), "--synth", "0", "--epochs", "1", "--max-steps", "1",
+                 "--workers", "0", "--metrics-port", str(port), "--no-progress", "--out", str(tmp_path / "p"), *TINY])
