@@ -22,6 +22,8 @@ size (e.g. nginx ``client_max_body_size 64m;``, Envoy ``max_request_bytes``).
 """
 from __future__ import annotations
 
+import importlib.util
+import py_compile
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,4 +232,20 @@ def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_a
     d = root / ENSEMBLE
     write_config(d, ensemble_config(cfg, opts))
     (d / v).mkdir(parents=True)
+    for model_py in sorted(root.glob(f"*/{v}/model.py")):
+        precompile(model_py)
     return root
+
+
+def precompile(model_py: Path) -> Path:
+    """Write ``model.py``'s bytecode beside it, validated by the source's hash (not its mtime).
+
+    A python-backend stub importing ``model.py`` otherwise writes ``__pycache__`` into the repository the
+    first time, and in poll mode Triton takes that new file for a change and reloads every python model on
+    its first poll after start-up (and the stub ignores ``PYTHONDONTWRITEBYTECODE``). The file is for this
+    interpreter's Python version, the one ``htr serve`` runs the stub for; a server with another Python
+    ignores it and writes its own once. An edited ``model.py`` fails the hash check and is recompiled as
+    usual, so it still triggers its reload.
+    """
+    return Path(py_compile.compile(str(model_py), cfile=importlib.util.cache_from_source(str(model_py)),
+                                   doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH))

@@ -164,6 +164,27 @@ def test_sigterm_drain_through_triton_server(repository, blobs, tmp_path):
     assert r["max_s_to_refusal"] < 10
 
 
+# --- poll mode: starting the server must not look like a repository change ----------------------------
+
+
+def test_poll_mode_start_up_loads_each_model_once_and_writes_nothing(repository, tmp_path):
+    """The stubs import each model.py; the bytecode the repository ships with (``precompile``) keeps them from
+    writing ``__pycache__`` into it, which poll mode took for a change: every python model reloaded on the
+    first poll, and a stub killed in those seconds was replaced by that reload instead of the watchdog."""
+    before = {p: p.stat().st_mtime_ns for p in repository.rglob("*")}
+    assert any(p.name.endswith(".pyc") for p in before), "the repository ships no bytecode"
+    log = tmp_path / "poll.log"
+    with TritonServer(repository, **faults.ports(), log_file=log, model_control="poll", poll_interval=1,
+                      heal_stubs=False):
+        time.sleep(4.0)  # about four polls
+        text = log.read_text(errors="replace")
+    after = {p: p.stat().st_mtime_ns for p in repository.rglob("*")}
+    changed = sorted(str(p.relative_to(repository)) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, changed
+    for model in ("preprocess", "crnn", "ctc_decode", "htr"):
+        assert text.count(f'"loading: {model}:1"') == 1, (model, text[-3000:])
+
+
 # --- a new model version dropped in under load ----------------------------------------------------------
 
 
