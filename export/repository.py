@@ -209,7 +209,7 @@ def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_a
     d = root / PREPROCESS
     write_config(d, preprocess_config(cfg, opts))
     (d / v).mkdir(parents=True)
-    shutil.copy(TEMPLATES / "preprocess.py", d / v / "model.py")
+    install_model_py(TEMPLATES / "preprocess.py", d / v)
     (d / "warmup").mkdir()
     (d / "warmup" / "sample.bin").write_bytes(_warmup_png(cfg))
 
@@ -219,26 +219,25 @@ def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_a
     if opts.target == "gpu":
         shutil.copy(crnn_artifact, d / v / GPU_BACKENDS[opts.gpu_engine][1])
     else:
-        shutil.copy(TEMPLATES / "crnn_torchscript.py", d / v / "model.py")
+        install_model_py(TEMPLATES / "crnn_torchscript.py", d / v)
         shutil.copy(crnn_artifact, d / v / "model.pt")
 
     d = root / DECODE
     write_config(d, decode_config(cfg, opts))
     (d / v).mkdir(parents=True)
-    shutil.copy(TEMPLATES / "ctc_decode.py", d / v / "model.py")
+    install_model_py(TEMPLATES / "ctc_decode.py", d / v)
     if opts.lexicon:
         (d / v / "lexicon.txt").write_text("\n".join(opts.lexicon) + "\n", encoding="utf-8")
 
     d = root / ENSEMBLE
     write_config(d, ensemble_config(cfg, opts))
     (d / v).mkdir(parents=True)
-    for model_py in sorted(root.glob(f"*/{v}/model.py")):
-        precompile(model_py)
     return root
 
 
-def precompile(model_py: Path) -> Path:
-    """Write ``model.py``'s bytecode beside it, validated by the source's hash (not its mtime).
+def install_model_py(template: Path, version_dir: Path) -> Path:
+    """Copy ``template`` to ``version_dir/model.py`` with its bytecode, validated by the source's hash (not
+    its mtime).
 
     A python-backend stub importing ``model.py`` otherwise writes ``__pycache__`` into the repository the
     first time, and in poll mode Triton takes that new file for a change and reloads every python model on
@@ -247,5 +246,8 @@ def precompile(model_py: Path) -> Path:
     ignores it and writes its own once. An edited ``model.py`` fails the hash check and is recompiled as
     usual, so it still triggers its reload.
     """
-    return Path(py_compile.compile(str(model_py), cfile=importlib.util.cache_from_source(str(model_py)),
-                                   doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH))
+    model_py = version_dir / "model.py"
+    shutil.copy(template, model_py)
+    py_compile.compile(str(model_py), cfile=importlib.util.cache_from_source(str(model_py)), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    return model_py

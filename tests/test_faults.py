@@ -168,7 +168,7 @@ def test_sigterm_drain_through_triton_server(repository, blobs, tmp_path):
 
 
 def test_poll_mode_start_up_loads_each_model_once_and_writes_nothing(repository, tmp_path):
-    """The stubs import each model.py; the bytecode the repository ships with (``precompile``) keeps them from
+    """The stubs import each model.py; the bytecode the repository ships with (``install_model_py``) keeps them from
     writing ``__pycache__`` into it, which poll mode took for a change: every python model reloaded on the
     first poll, and a stub killed in those seconds was replaced by that reload instead of the watchdog."""
     before = {p: p.stat().st_mtime_ns for p in repository.rglob("*")}
