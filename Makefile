@@ -7,12 +7,12 @@ PIP := $(PY) -m pip
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install build test demo bench serve repository loadtest dashboards clean help
+.PHONY: install build test test-fast demo bench serve repository loadtest dashboards clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-fonts.txt setup.py pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-runtime.txt requirements-dev.txt requirements-fonts.txt setup.py pyproject.toml
 	@# the Triton python-backend stub embeds the system libpython of the same major.minor
 	@v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	  ldconfig -p | grep -q "libpython$$v.so.1.0" || { echo "installing libpython$$v (Triton python-backend stub)"; \
@@ -36,6 +36,9 @@ build: $(VENV)/.installed  ## (re)compile the Cython kernels in place after edit
 test: install  ## run the whole test suite (Cython and pure-Python reference paths)
 	$(PY) -m pytest -q tests
 	HTR_PURE_PYTHON=1 $(PY) -m pytest -q tests/test_preprocess.py tests/test_ctc.py
+
+test-fast: install  ## the tests not marked slow (no servers, no training runs, no fuzzing)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install  ## run the main job end to end on the bundled defaults
 	$(PY) -m htr.cli demo --data $(HTR_DATA)

@@ -9,6 +9,15 @@ code imports as one namespace. ``package_dir`` maps each folder onto a sub-packa
     client/       -> htr.client     (tritonclient wrapper + CLI)
     loadtest/     -> htr.loadtest   (Locust load tests + `htr loadtest`)
 
+Two distributions come from this one file:
+
+- ``htr-triton`` (default): everything above, with the ``htr`` command.
+- ``htr-triton-runtime`` (``HTR_DIST=runtime pip install .``): the serving runtime set, what a Triton
+  python-backend stage imports and nothing more: ``htr.config``, ``htr.decoding``, ``htr.preprocess`` (the
+  kernels) and ``htr.runtime`` (contract, stage helper, Prometheus metrics). Torch-free; its third-party
+  needs are ``requirements-runtime.txt``. The Triton image installs exactly this, and
+  ``tests/test_runtime.py`` serves the stages from a clean virtual environment holding only it.
+
 Every ``preprocess/_*.pyx`` is compiled to ``htr.preprocess._*`` with -O3 and OpenMP (prange);
 extra C flags can be given in ``HTR_CFLAGS`` (e.g. ``-march=native`` for a machine-specific build).
 """
@@ -18,17 +27,37 @@ from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 
 # folder on disk -> import name
-PACKAGE_ROOTS = {"htr": "htr", "preprocess": "htr.preprocess", "export": "htr.export", "client": "htr.client",
-                 "loadtest": "htr.loadtest"}
+PACKAGE_ROOTS = {"htr": "htr", "preprocess": "htr.preprocess", "runtime": "htr.runtime", "export": "htr.export",
+                 "serve": "htr.serve", "client": "htr.client", "loadtest": "htr.loadtest", "testing": "htr.testing"}
+
+
+# The serving runtime set (HTR_DIST=runtime): these packages, and of the top-level ``htr`` package only these
+# modules. Anything a served stage imports must be listed here; tests/test_runtime.py fails otherwise.
+RUNTIME_PACKAGES = ("htr", "htr.preprocess", "htr.runtime")
+RUNTIME_HTR_MODULES = ("__init__", "config", "decoding")
+RUNTIME = os.environ.get("HTR_DIST", "").strip() == "runtime"
+
+
+class RuntimeBuildPy(build_py):
+    """build_py that keeps only ``RUNTIME_HTR_MODULES`` of the ``htr`` package for the runtime distribution."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        if RUNTIME and package == "htr":
+            modules = [m for m in modules if m[1] in RUNTIME_HTR_MODULES]
+        return modules
 
 
 def _packages():
     package_dir, packages = {}, []
     for folder, name in PACKAGE_ROOTS.items():
+        if RUNTIME and name not in RUNTIME_PACKAGES:
+            continue
         if not (HERE / folder / "__init__.py").exists():
             continue
         package_dir[name] = folder
@@ -64,16 +93,20 @@ def _extensions():
 
 
 package_dir, packages = _packages()
+if RUNTIME:  # the reference implementation is part of htr.preprocess (HTR_PURE_PYTHON=1 selects it)
+    packages = [p for p in packages if p.split(".")[:2] == ["htr", "preprocess"] or p in RUNTIME_PACKAGES]
 
 setup(
-    name="htr-triton",
+    name="htr-triton-runtime" if RUNTIME else "htr-triton",
     version="0.1.0",
-    description="Handwriting recognition (CRNN + CTC) served by NVIDIA Triton",
+    description=("Serving runtime of htr-triton: the Triton python-backend stages' imports" if RUNTIME
+                 else "Handwriting recognition (CRNN + CTC) served by NVIDIA Triton"),
     python_requires=">=3.10",
     package_dir=package_dir,
     packages=packages,
     package_data={"htr.preprocess": ["*.pxd", "*.pyx"]},
     ext_modules=_extensions(),
-    entry_points={"console_scripts": ["htr = htr.cli:main"]},
+    entry_points={} if RUNTIME else {"console_scripts": ["htr = htr.cli:main"]},
+    cmdclass={"build_py": RuntimeBuildPy},
     zip_safe=False,
 )

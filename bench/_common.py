@@ -1,4 +1,8 @@
-"""Shared helpers for the benchmark scripts: data location, timing, result tables."""
+"""Shared helpers for the timing scripts in ``bench/``: the data check, timing, result tables.
+
+Imported as ``from _common import ...``: a script run as ``python bench/x.py`` has ``bench/`` on its path.
+The data folder's default is :func:`htr.paths.default_data_dir`; pass/fail harnesses live in ``htr.testing``.
+"""
 from __future__ import annotations
 
 import json
@@ -10,8 +14,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("HTR_DATA", ROOT.parent / "shared" / "data" / "kaggle_names"))
+from htr.paths import ROOT  # noqa: F401  (re-exported for the scripts' default paths)
 
 
 def require_data(data: Path) -> Path:

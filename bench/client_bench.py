@@ -1,7 +1,7 @@
 """``htr.client`` throughput: preprocessing on the client vs on the server, gRPC vs HTTP, with and without
 system shared memory.
 
-Builds the CPU model repository from the checkpoint (``htr.export.build_engine``, TorchScript), starts the
+Builds the CPU model repository from the checkpoint (``htr.export.build``, TorchScript), starts the
 bundled tritonserver on free loopback ports, and times ``HTRClient.recognize_many`` over ``--images`` real
 labelled images (encoded bytes held in memory, so disk reads are not timed) for each of the eight
 configurations, interleaved so that machine noise hits all alike. Client and server share this machine's
@@ -22,10 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    DEFAULT_DATA, ROOT, interleaved_timings, machine, read_labelled_blobs, require_data, stamp, write_json,
-)
+from _common import ROOT, interleaved_timings, machine, read_labelled_blobs, require_data, stamp, write_json
+
+from htr.paths import default_data_dir
 
 CONFIGS = [(pre, proto, shm) for pre in ("server", "client") for proto in ("grpc", "http") for shm in (False, True)]
 
@@ -33,7 +32,7 @@ CONFIGS = [(pre, proto, shm) for pre in ("server", "client") for proto in ("grpc
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "crnn_names.pt")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=default_data_dir())
     ap.add_argument("--images", type=int, default=256, help="real labelled images per timed run")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (recognize_many)")
@@ -43,21 +42,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from htr.client import HTRClient
-    from htr.export.build_engine import main as build_engine
-    from htr.serve import TritonServer, free_port
+    from htr.export.build import ExportError, build_repository
+    from htr.export.repository import RepositoryOptions
+    from htr.serve import ServerOptions, TritonServer
 
     blobs = read_labelled_blobs(require_data(args.data))
     blobs = (blobs * (args.images // max(1, len(blobs)) + 1))[: args.images]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rc = build_engine(["--checkpoint", str(args.checkpoint), "--formats", "torchscript", "--engines",
-                           str(tmp / "engines"), "--repository", str(tmp / "repo"), "--data", str(args.data),
-                           "--parity-images", "8", "--torch-threads", str(args.torch_threads)])
-        if rc != 0:
-            sys.exit("error: build_engine failed (see above)")
-        server = TritonServer(tmp / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              log_file=tmp / "triton.log")
+        try:
+            build_repository(args.checkpoint, tmp / "repo", options=RepositoryOptions(torch_threads=args.torch_threads),
+                             formats="torchscript", engines_dir=tmp / "engines", data=args.data, parity_images=8)
+        except ExportError as e:
+            sys.exit(f"error: {e}")
+        server = TritonServer(tmp / "repo", ServerOptions.with_free_ports(log_file=tmp / "triton.log"))
         server.start(ready_timeout=180)
         clients = {}
         try:

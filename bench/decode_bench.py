@@ -28,11 +28,11 @@ import numpy as np
 
 from htr.preprocess import Lexicon, ctc_beam_decode, ctc_greedy_decode
 from htr.preprocess._ctc_checks import DEFAULT_PRUNE_LOGP
+from htr.paths import default_data_dir
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ -'"
 HERE = Path(__file__).resolve().parent
-# the shared data folder, as the Makefile finds it (HTR_DATA, else ../shared/data/kaggle_names)
-DATA = Path(os.environ.get("HTR_DATA", HERE.parent.parent / "shared" / "data" / "kaggle_names"))
+DATA = default_data_dir()  # $HTR_DATA, else ../shared/data/kaggle_names
 DEFAULT_NAMES = DATA / "names_corpus.txt"
 
 

@@ -12,14 +12,13 @@ import sys
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    DEFAULT_DATA, goal_line, interleaved_timings, machine, read_labelled_blobs, require_data, stamp,
-    summary, write_json,
+from _common import (
+    goal_line, interleaved_timings, machine, read_labelled_blobs, require_data, stamp, summary, write_json,
 )
 
-from htr.preprocess import decode_images, preprocess_batch  # noqa: E402
-from htr.preprocess._backend import PURE_PYTHON  # noqa: E402
+from htr.paths import default_data_dir
+from htr.preprocess import decode_images, preprocess_batch
+from htr.preprocess._backend import PURE_PYTHON
 
 
 def opencv_chain(images, height=64, width=256):
@@ -41,7 +40,7 @@ def opencv_chain(images, height=64, width=256):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--data", type=lambda p: __import__("pathlib").Path(p), default=DEFAULT_DATA,
+    ap.add_argument("--data", type=lambda p: __import__("pathlib").Path(p), default=default_data_dir(),
                     help="Kaggle-layout folder with labelled/*.jpg")
     ap.add_argument("--batch", type=int, default=64, help="images per preprocess_batch call")
     ap.add_argument("--height", type=int, default=64)

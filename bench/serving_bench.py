@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, ROOT, machine, read_labelled_blobs, require_data, stamp, write_json  # noqa: E402
+from _common import ROOT, machine, read_labelled_blobs, require_data, stamp, write_json
+
+from htr.paths import default_data_dir
 
 
 def ceiling(engine: Path, pixels: np.ndarray, batch: int, seconds: float) -> float:
@@ -85,11 +86,10 @@ def batching_stats(url: str) -> dict:
 
 
 def serve_and_load(repo: Path, blobs, requests, concurrency) -> dict:
-    from htr.serve import TritonServer, free_port
+    from htr.serve import ServerOptions, TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              log_file=Path(tmp) / "triton.log")
+        server = TritonServer(repo, ServerOptions.with_free_ports(log_file=Path(tmp) / "triton.log"))
         server.start(ready_timeout=180)
         try:
             result = asyncio.run(load(server.url_grpc, blobs, requests, concurrency))
@@ -103,7 +103,7 @@ def serve_and_load(repo: Path, blobs, requests, concurrency) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "crnn_names.pt")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=default_data_dir())
     ap.add_argument("--concurrency", type=int, default=16, help="in-flight gRPC requests")
     ap.add_argument("--requests", type=int, default=1500, help="timed requests per configuration")
     ap.add_argument("--batch", type=int, default=32, help="batch of the in-process ceiling")
@@ -115,7 +115,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from htr.export.build_engine import main as build_engine
+    from htr.export.build import build_repository
+    from htr.export.repository import RepositoryOptions
     from htr.model import load_model
     from htr.preprocess import decode_images, preprocess_batch
 
@@ -126,11 +127,11 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        common = ["--checkpoint", str(args.checkpoint), "--formats", "torchscript", "--engines", str(tmp / "engines"),
-                  "--data", str(args.data), "--parity-images", "8", "--torch-threads", str(args.torch_threads),
-                  "--preprocess-instances", "1", "--queue-delay-us", str(args.queue_delay_us)]
-        assert build_engine([*common, "--repository", str(tmp / "on")]) == 0
-        assert build_engine([*common, "--repository", str(tmp / "off"), "--no-dynamic-batching"]) == 0
+        for name in ("on", "off"):
+            options = RepositoryOptions(torch_threads=args.torch_threads, preprocess_instances=1,
+                                        queue_delay_us=args.queue_delay_us, dynamic_batching=name == "on")
+            build_repository(args.checkpoint, tmp / name, options=options, formats="torchscript",
+                             engines_dir=tmp / "engines", data=args.data, parity_images=8)
         torch.set_num_threads(args.torch_threads)
         results["ceiling_images_per_s"] = ceiling(tmp / "engines" / "model.pt", pixels, args.batch, args.ceiling_seconds)
         for name in ("on", "off"):

@@ -19,7 +19,7 @@ the soak <= ``--max-rss-growth`` %. The memory before the soak is reported as we
 The server is started here (``htr.serve.TritonServer``, what ``htr serve`` runs) on free loopback ports from
 ``--repository``, or from a repository built into a temporary folder by ``export/build_engine.py --formats
 torchscript``. The client threads share the machine with the server: on a small machine they take part of
-the CPU the server would otherwise have.
+the CPU the server would otherwise have. The run itself is :mod:`htr.testing.soak`; this is its command line.
 
 Examples::
 
@@ -31,173 +31,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, ROOT, machine, stamp  # noqa: E402
-from faults import (  # noqa: E402
-    Load, Outcome, build_repository, counting_client, load_blobs, percentiles_ms, say, start_server,
-)
+from _common import machine, require_data, stamp
 
-from htr.client import HTRClientError  # noqa: E402
-from htr.serve import TritonServer  # noqa: E402
+from htr.paths import ROOT, default_data_dir
+from htr.testing.load import load_blobs, say
+from htr.testing.repository import build_cpu_repository
+from htr.testing.server import start_server
+from htr.testing.soak import checks as soak_checks
+from htr.testing.soak import soak
 
 RESULTS = ROOT / "bench" / "results" / "soak.json"
-
-
-def rss_bytes(server: TritonServer) -> int:
-    """Resident memory of tritonserver and its python-backend stubs."""
-    total = 0
-    for pid in [server.pid, *(s.pid for s in server.stubs())]:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, TypeError):
-            pass  # gone meanwhile
-    return total
-
-
-def max_throughput(url: str, blobs: list[bytes], threads: int, seconds: float, warmup_s: float) -> dict:
-    """Closed loop, ``threads`` requests in flight: completed requests per second after a warm-up."""
-    load = Load(url, blobs, threads, name="probe").start()
-    time.sleep(warmup_s)
-    t0, done0 = time.monotonic(), load.counts()[0]
-    time.sleep(seconds)
-    t1, done1 = time.monotonic(), load.counts()[0]
-    load.stop()
-    timed = [o for o in load.outcomes if t0 <= o.start and o.end <= t1]
-    return {"rps": (done1 - done0) / (t1 - t0), "threads": threads, "seconds": round(t1 - t0, 1),
-            "failures": sum(not o.ok for o in load.outcomes), **percentiles_ms([o.seconds for o in timed if o.ok])}
-
-
-class OpenLoop:
-    """Requests released on a fixed schedule (``rate`` per second) to ``workers`` threads, for ``seconds``."""
-
-    def __init__(self, url: str, blobs: list[bytes], rate: float, seconds: float, workers: int, retries: int,
-                 backoff_s: float):
-        self.rate, self.seconds, self.blobs = rate, seconds, blobs
-        self.clients = [counting_client(url, retries, backoff_s) for _ in range(workers)]
-        self.due: queue.Queue = queue.Queue()
-        self.outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self.t0 = 0.0
-
-    def run(self, on_tick=None, tick_s: float = 1.0) -> None:
-        workers = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(len(self.clients))]
-        for w in workers:
-            w.start()
-        self.t0 = time.monotonic() + 0.1
-        n, last_tick = int(self.rate * self.seconds), self.t0
-        for i in range(n):
-            at = self.t0 + i / self.rate
-            while (now := time.monotonic()) < at:
-                time.sleep(min(at - now, 0.01))
-            self.due.put((i, at))
-            if on_tick is not None and now - last_tick >= tick_s:
-                last_tick = now
-                on_tick(now - self.t0)
-        for _ in workers:
-            self.due.put(None)
-        for w in workers:
-            w.join()
-        for c in self.clients:
-            c.close()
-
-    def _work(self, k: int) -> None:
-        client, blobs = self.clients[k], self.blobs
-        count = client.retry.count
-        while (item := self.due.get()) is not None:
-            i, at = item
-            count[0] = 0
-            try:
-                pred = client.recognize([blobs[i % len(blobs)]])[0]
-                error = pred.error
-            except HTRClientError as e:
-                error = f"{type(e).__name__}: {e}"
-            outcome = Outcome(k, at, time.monotonic(), error is None, count[0], error)
-            with self._lock:
-                self.outcomes.append(outcome)
-
-    def snapshot(self) -> list[Outcome]:
-        with self._lock:
-            return list(self.outcomes)
-
-
-def window_stats(outcomes: list[Outcome], t0: float, window: float, rss: dict[int, int]) -> list[dict]:
-    """Per window of scheduled time: requests, rate, failures, retries, latency percentiles, RSS at its end."""
-    rows = []
-    n = int(max(o.start - t0 for o in outcomes) // window) + 1 if outcomes else 0
-    for w in range(n):
-        sel = [o for o in outcomes if w * window <= o.start - t0 < (w + 1) * window]
-        rows.append({"window": w + 1, "requests": len(sel), "rps": round(len(sel) / window, 1),
-                     "failures": sum(not o.ok for o in sel), "retries": sum(o.retries for o in sel),
-                     **percentiles_ms([o.seconds for o in sel if o.ok]), "rss_mib": round(rss.get(w, 0) / 2**20, 1)})
-    return rows
-
-
-def soak(server: TritonServer, blobs: list[bytes], args) -> dict:
-    if args.max_rps:
-        probe = {"rps": args.max_rps, "given": True}
-        say(f"maximum throughput given: {args.max_rps:g} requests/s")
-    else:
-        say(f"measuring the maximum throughput: {args.probe_threads} closed-loop threads, {args.probe_seconds:g} s")
-        probe = max_throughput(server.url_grpc, blobs, args.probe_threads, args.probe_seconds, args.warmup)
-        say(f"maximum: {probe['rps']:.1f} requests/s (p50 {probe['p50_ms']} ms, p99 {probe['p99_ms']} ms, "
-            f"{probe['failures']} failures)")
-    rate = args.fraction * probe["rps"]
-    say(f"soak: {rate:.1f} requests/s ({args.fraction:.0%} of the maximum) for {args.duration:g} s, "
-        f"{args.workers} workers, windows of {args.window:g} s")
-    loop = OpenLoop(server.url_grpc, blobs, rate, args.duration, args.workers, args.retries, args.backoff)
-    rss: dict[int, int] = {}
-    rss_before = rss_bytes(server)
-
-    def tick(elapsed: float) -> None:
-        w = int(elapsed // args.window)
-        if w > 0 and (w - 1) not in rss:
-            rss[w - 1] = rss_bytes(server)  # the end of window w - 1
-        if int(elapsed) % 10 == 0:
-            done = loop.snapshot()
-            late = [o for o in done if o.start >= loop.t0 + elapsed - 10]
-            p99 = percentiles_ms([o.seconds for o in late if o.ok])["p99_ms"]
-            say(f"  {elapsed:5.0f} s: {len(done)} requests, {sum(not o.ok for o in done)} failed, p99 of the last "
-                f"10 s {p99} ms, server RSS {rss_bytes(server) / 2**20:.0f} MiB")
-
-    loop.run(on_tick=tick)
-    rss_end = rss_bytes(server)
-    windows = int(round(args.duration / args.window))
-    rss.setdefault(windows - 1, rss_end)
-    rss_start = rss.get(0, rss_end)  # the end of the first window
-    rows = window_stats(loop.outcomes, loop.t0, args.window, rss)[:windows]
-    p99s = [r["p99_ms"] for r in rows if r["p99_ms"]]
-    outcomes = loop.outcomes
-    return {
-        "max_throughput": probe,
-        "target_rps": round(rate, 2),
-        "achieved_rps": round(len(outcomes) / args.duration, 2),
-        "duration_s": args.duration,
-        "window_s": args.window,
-        "workers": args.workers,
-        "client_retry_policy": {"retries": args.retries, "backoff_s": args.backoff},
-        "requests": len(outcomes),
-        "failures": sum(not o.ok for o in outcomes),
-        "retries": sum(o.retries for o in outcomes),
-        **percentiles_ms([o.seconds for o in outcomes if o.ok]),
-        "p99_stability": round(max(p99s) / min(p99s), 3) if p99s else None,
-        "rss_before_soak_mib": round(rss_before / 2**20, 1),
-        "rss_start_mib": round(rss_start / 2**20, 1),
-        "rss_end_mib": round(rss_end / 2**20, 1),
-        "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else None,
-        "rss_growth_since_before_soak_pct": round(100 * (rss_end - rss_before) / rss_before, 2) if rss_before else None,
-        "windows": rows,
-        "errors": sorted({o.error for o in outcomes if not o.ok})[:5],
-    }
 
 
 def parse_args(argv=None):
@@ -220,7 +68,8 @@ def parse_args(argv=None):
     ap.add_argument("--repository", type=Path, default=None,
                     help="model repository to serve (default: build one from --checkpoint into a temporary folder)")
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "crnn_names.pt")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder: labelled/*.jpg are sent")
+    ap.add_argument("--data", type=Path, default=default_data_dir(),
+                    help="Kaggle-layout folder: labelled/*.jpg are sent")
     ap.add_argument("--json", type=Path, default=RESULTS, help="results file")
     args = ap.parse_args(argv)
     if args.window > args.duration:
@@ -230,17 +79,25 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    blobs = load_blobs(args.data)
+    blobs = load_blobs(require_data(args.data))
     workdir = Path(tempfile.mkdtemp(prefix="htr-soak-"))
     say(f"{machine()}; working folder {workdir}")
     try:
         repository = args.repository
         if repository is None:
             say(f"building the CPU repository from {args.checkpoint} (export/build_engine.py --formats torchscript)")
-            repository = build_repository(workdir / "built" / "model_repository", args.checkpoint, args.data)
+            from htr.export.build import ExportError  # imports torch: only when building
+
+            try:
+                repository = build_cpu_repository(workdir / "built" / "model_repository", args.checkpoint,
+                                                  args.data, parity_images=8)
+            except ExportError as e:
+                raise SystemExit(f"error: {e}") from None
         server = start_server(repository.resolve(), workdir / "tritonserver.log")
         try:
-            r = soak(server, blobs, args)
+            r = soak(server, blobs, duration=args.duration, fraction=args.fraction, max_rps=args.max_rps,
+                     probe_threads=args.probe_threads, probe_seconds=args.probe_seconds, warmup=args.warmup,
+                     workers=args.workers, window=args.window, retries=args.retries, backoff=args.backoff)
         finally:
             server.stop()
     finally:
@@ -251,13 +108,7 @@ def main(argv=None) -> int:
     for w in r["windows"]:
         print(f"| {w['window']} | {w['requests']} | {w['rps']} | {w['failures']} | {w['retries']} | {w['p50_ms']} "
               f"| {w['p95_ms']} | {w['p99_ms']} | {w['rss_mib']} |")
-    checks = [("no failed request", r["failures"] == 0, f"{r['failures']} of {r['requests']} ({r['retries']} retries)"),
-              (f"p99 stability (max/min per window) <= {args.max_p99_ratio:g}",
-               r["p99_stability"] is not None and r["p99_stability"] <= args.max_p99_ratio, f"{r['p99_stability']}"),
-              (f"server memory growth <= {args.max_rss_growth:g} %",
-               r["rss_growth_pct"] is not None and r["rss_growth_pct"] <= args.max_rss_growth,
-               f"{r['rss_start_mib']} MiB after window 1 -> {r['rss_end_mib']} MiB at the end "
-               f"({r['rss_growth_pct']} %; {r['rss_before_soak_mib']} MiB before the soak)")]
+    checks = soak_checks(r, args.max_p99_ratio, args.max_rss_growth)
     print(f"\nmax {r['max_throughput']['rps']:.1f} req/s; soak at {r['target_rps']} req/s (achieved "
           f"{r['achieved_rps']}) for {r['duration_s']:g} s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
     for name, ok, value in checks:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import warnings
 
+from htr.runtime.contract import CRNN, ENSEMBLE
+
 from .client import IN_USE, SHM_REFUSED, UNREGISTER_ATTEMPTS, UNREGISTER_WAIT_S, _as_list, _ClientBase
 from .errors import NO_MODEL, RETRYABLE, HTRClientError, InferenceError, classify, describe
 from .pipeline import Batch, Prediction, assemble
@@ -21,7 +23,7 @@ from .pipeline import Batch, Prediction, assemble
 class AsyncHTRClient(_ClientBase):
     """See :class:`htr.client.HTRClient` for the arguments; ``protocol`` is always gRPC here."""
 
-    def __init__(self, url: str | None = None, model: str = "htr", *, pixels_model: str = "crnn",
+    def __init__(self, url: str | None = None, model: str = ENSEMBLE, *, pixels_model: str = CRNN,
                  preprocess: str = "server", timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
                  retries: int = 2, backoff_s: float = 0.2, shared_memory: bool = False,
                  batch_size: int | None = None, expected_alphabet: str | None = None, model_version: str = "",

@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+from htr.runtime.contract import ENSEMBLE  # a constant: light
+
 # only light imports here: ``htr --help`` imports this module (tritonclient loads in run())
 
 
@@ -45,7 +47,7 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.add_argument("--batch-size", type=int, default=None, help="images per request (None: the model's maximum)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
     p.add_argument("--retries", type=int, default=2, help="retries of unreachable/timed-out requests (with backoff)")
-    p.add_argument("--model", default="htr", help="the ensemble to call (preprocess server)")
+    p.add_argument("--model", default=ENSEMBLE, help="the ensemble to call (preprocess server)")
     p.add_argument("--shared-memory", action="store_true",
                    help="pass tensors through system shared memory (client on the server's host only)")
     p.add_argument("--recursive", "-r", action="store_true", help="also expand sub-folders")

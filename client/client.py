@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from htr.runtime.contract import CRNN, ENSEMBLE
+
 from .errors import (NO_MODEL, RETRYABLE, TIMEOUT, UNHEALTHY, UNREACHABLE, ConfigMismatchError, HTRClientError,
                      InferenceError, InferenceTimeoutError, ModelNotReadyError, RetryPolicy, ServerUnreachableError,
                      classify, describe)
@@ -199,8 +201,8 @@ class HTRClient(_ClientBase):
             beyond loopback, allows ``shared_memory``.
     """
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = "htr", *,
-                 pixels_model: str = "crnn", preprocess: str = "server", timeout_s: float = 60.0,
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = ENSEMBLE, *,
+                 pixels_model: str = CRNN, preprocess: str = "server", timeout_s: float = 60.0,
                  connect_timeout_s: float = 5.0, retries: int = 2, backoff_s: float = 0.2,
                  shared_memory: bool = False, batch_size: int | None = None, expected_alphabet: str | None = None,
                  model_version: str = "", decoder: str = "greedy", beam_width: int = 10, lexicon=None,

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from htr.config import HTRConfig
+from htr.runtime.contract import CONFIDENCE, CONFIG_KEY, ERROR, IMAGE_BYTES, TEXT
 
 from .errors import ConfigMismatchError
 from .inputs import Loaded, load_decoded, load_encoded
 
-CONFIG_KEY = "htr_config"  # the parameter every model config carries (htr.export.engines.CONFIG_KEY)
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Batch:
 class ServerPreprocess:
     """Encoded bytes -> the ensemble -> (text, confidence, error)."""
 
-    INPUT, OUTPUTS = "IMAGE_BYTES", ("TEXT", "CONFIDENCE", "ERROR")
+    INPUT, OUTPUTS = IMAGE_BYTES, (TEXT, CONFIDENCE, ERROR)
 
     def __init__(self, served: ServedModel, url: str):
         served.require(url, (self.INPUT,), self.OUTPUTS)

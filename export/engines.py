@@ -13,8 +13,7 @@ import torch
 
 from htr.config import HTRConfig
 
-CONFIG_KEY = "htr_config"  # the HTRConfig JSON, in every artifact under this name
-INPUT_NAME, OUTPUT_NAME = "PIXELS", "LOGPROBS"
+from htr.runtime.contract import CONFIG_KEY, LOGPROBS, MAX_WIDTH, PIXELS
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class Shapes:
     max_batch: int = 64
     min_width: int = 32
     opt_width: int = 256
-    max_width: int = 1024
+    max_width: int = MAX_WIDTH
     opt_batch: int = 32
 
     def __post_init__(self):
@@ -57,8 +56,8 @@ def export_onnx(model: torch.nn.Module, cfg: HTRConfig, path: Path, opset: int =
 
     example = torch.zeros(2, 1, cfg.input.height, cfg.input.width)
     torch.onnx.export(
-        model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "frames"}},
+        model.eval(), (example,), str(path), input_names=[PIXELS], output_names=[LOGPROBS],
+        dynamic_axes={PIXELS: {0: "batch", 3: "width"}, LOGPROBS: {0: "batch", 1: "frames"}},
         opset_version=opset, dynamo=False,
     )
     proto = onnx.load(str(path))
@@ -112,7 +111,7 @@ def build_tensorrt(onnx_path: Path, plan_path: Path, cfg: HTRConfig, shapes: Sha
         config.set_flag(trt.BuilderFlag.FP16)
     h = cfg.input.height
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, (1, 1, h, shapes.min_width), (shapes.opt_batch, 1, h, shapes.opt_width),
+    profile.set_shape(PIXELS, (1, 1, h, shapes.min_width), (shapes.opt_batch, 1, h, shapes.opt_width),
                       (shapes.max_batch, 1, h, shapes.max_width))
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
@@ -135,11 +134,11 @@ class TensorRTRunner:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.contiguous().cuda()
-        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
-        out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
+        self.context.set_input_shape(PIXELS, tuple(x.shape))
+        out_shape = tuple(self.context.get_tensor_shape(LOGPROBS))
         y = torch.empty(out_shape, dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
-        self.context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
+        self.context.set_tensor_address(PIXELS, x.data_ptr())
+        self.context.set_tensor_address(LOGPROBS, y.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")

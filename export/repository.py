@@ -33,19 +33,36 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from htr.config import HTRConfig
-from htr.preprocess._decode import MAX_REQUEST_BYTES
-from htr.preprocess._limits import MAX_PIXELS
+from htr.runtime.contract import (
+    CONFIDENCE, CONFIG_KEY, CRNN, CTC_DECODE, ENSEMBLE, ERROR, IMAGE_BYTES, INPUT_ERROR, LOGPROBS, MAX_BYTES, MAX_PIXELS,
+    MAX_REQUEST_BYTES, PIXELS, PREPROCESS, SITE_PACKAGES_ENV, TEXT,
+)
 
-from .engines import CONFIG_KEY, INPUT_NAME, OUTPUT_NAME, Shapes
+from .engines import Shapes
 
 TEMPLATES = Path(__file__).resolve().parent / "triton_models"
 GPU_BACKENDS = {
     # engine -> (platform or backend, default file, input name, output name)
-    "tensorrt": ("tensorrt_plan", "model.plan", INPUT_NAME, OUTPUT_NAME),
-    "onnxruntime": ("onnxruntime_onnx", "model.onnx", INPUT_NAME, OUTPUT_NAME),
-    "libtorch": ("pytorch_libtorch", "model.pt", f"{INPUT_NAME}__0", f"{OUTPUT_NAME}__0"),  # libtorch naming rule
+    "tensorrt": ("tensorrt_plan", "model.plan", PIXELS, LOGPROBS),
+    "onnxruntime": ("onnxruntime_onnx", "model.onnx", PIXELS, LOGPROBS),
+    "libtorch": ("pytorch_libtorch", "model.pt", f"{PIXELS}__0", f"{LOGPROBS}__0"),  # libtorch naming rule
 }
-ENSEMBLE, PREPROCESS, CRNN, DECODE = "htr", "preprocess", "crnn", "ctc_decode"
+DECODE = CTC_DECODE
+
+# The first lines of every python-backend model.py, prepended by install_model_py: the stub embeds the
+# system libpython and ignores PYTHONPATH (os.environ does reach it), so the server passes the site-packages
+# holding the runtime set in $HTR_SITE_PACKAGES and this adds them (.pth files included, hence an editable
+# install) before the model imports numpy and htr. Empty or unset: the stub's own Python path (the image).
+MODEL_PY_HEADER = f"""\
+# -- added by htr.export.repository: the serving runtime's site-packages (see MODEL_PY_HEADER) --
+import os
+import site
+
+for _path in os.environ.get("{SITE_PACKAGES_ENV}", "").split(os.pathsep):
+    if _path:
+        site.addsitedir(_path)
+# -- end of header --
+"""
 
 
 @dataclass
@@ -64,7 +81,7 @@ class RepositoryOptions:
     beam_width: int = 10
     lexicon: list[str] | None = None
     max_pixels: int = MAX_PIXELS  # per image, from its header, before decoding
-    max_bytes: int = 8 * 1024 * 1024  # per encoded image
+    max_bytes: int = MAX_BYTES  # per encoded image
     max_request_bytes: int = MAX_REQUEST_BYTES  # all encoded images of one request together
     version: int = 1
 
@@ -95,17 +112,17 @@ def _tensor(container, name: str, dtype: int, dims: list[int], optional: bool = 
 def preprocess_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     c = _base(PREPROCESS, cfg, opts, mc.ModelInstanceGroup.KIND_CPU, opts.preprocess_instances, opts.queue_delay_us)
     c.backend = "python"
-    _tensor(c.input, "IMAGE_BYTES", mc.TYPE_STRING, [1])
-    _tensor(c.output, "PIXELS", mc.TYPE_FP32, [1, cfg.input.height, cfg.input.width])
-    _tensor(c.output, "ERROR", mc.TYPE_STRING, [1])
+    _tensor(c.input, IMAGE_BYTES, mc.TYPE_STRING, [1])
+    _tensor(c.output, PIXELS, mc.TYPE_FP32, [1, cfg.input.height, cfg.input.width])
+    _tensor(c.output, ERROR, mc.TYPE_STRING, [1])
     c.parameters["threads"].string_value = str(opts.preprocess_threads)
     c.parameters["max_pixels"].string_value = str(opts.max_pixels)
     c.parameters["max_bytes"].string_value = str(opts.max_bytes)
     c.parameters["max_request_bytes"].string_value = str(opts.max_request_bytes)
     w = c.model_warmup.add(name="one_png", batch_size=1)
-    w.inputs["IMAGE_BYTES"].data_type = mc.TYPE_STRING
-    w.inputs["IMAGE_BYTES"].dims.extend([1])
-    w.inputs["IMAGE_BYTES"].input_data_file = "sample.bin"
+    w.inputs[IMAGE_BYTES].data_type = mc.TYPE_STRING
+    w.inputs[IMAGE_BYTES].dims.extend([1])
+    w.inputs[IMAGE_BYTES].input_data_file = "sample.bin"
     return c
 
 
@@ -119,7 +136,7 @@ def crnn_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
         c.default_model_filename = filename
     else:
         c.backend = "python"
-        in_name, out_name = INPUT_NAME, OUTPUT_NAME
+        in_name, out_name = PIXELS, LOGPROBS
         c.parameters["model_file"].string_value = "model.pt"
         c.parameters["torch_threads"].string_value = str(opts.torch_threads)
         c.parameters["max_width"].string_value = str(opts.shapes.max_width)
@@ -136,44 +153,44 @@ def crnn_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
 def decode_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     c = _base(DECODE, cfg, opts, mc.ModelInstanceGroup.KIND_CPU, opts.decode_instances, opts.queue_delay_us)
     c.backend = "python"
-    _tensor(c.input, "LOGPROBS", mc.TYPE_FP32, [-1, cfg.num_classes])
-    _tensor(c.input, "INPUT_ERROR", mc.TYPE_STRING, [1], optional=True)
-    _tensor(c.output, "TEXT", mc.TYPE_STRING, [1])
-    _tensor(c.output, "CONFIDENCE", mc.TYPE_FP32, [1])
-    _tensor(c.output, "ERROR", mc.TYPE_STRING, [1])
+    _tensor(c.input, LOGPROBS, mc.TYPE_FP32, [-1, cfg.num_classes])
+    _tensor(c.input, INPUT_ERROR, mc.TYPE_STRING, [1], optional=True)
+    _tensor(c.output, TEXT, mc.TYPE_STRING, [1])
+    _tensor(c.output, CONFIDENCE, mc.TYPE_FP32, [1])
+    _tensor(c.output, ERROR, mc.TYPE_STRING, [1])
     c.parameters["decoder"].string_value = "beam" if opts.lexicon else opts.decoder
     c.parameters["beam_width"].string_value = str(opts.beam_width)
     if opts.lexicon:
         c.parameters["lexicon_file"].string_value = "lexicon.txt"
     w = c.model_warmup.add(name="random_batch_1", batch_size=1)
-    w.inputs["LOGPROBS"].data_type = mc.TYPE_FP32
-    w.inputs["LOGPROBS"].dims.extend([cfg.input.width // 4, cfg.num_classes])
-    w.inputs["LOGPROBS"].random_data = True
+    w.inputs[LOGPROBS].data_type = mc.TYPE_FP32
+    w.inputs[LOGPROBS].dims.extend([cfg.input.width // 4, cfg.num_classes])
+    w.inputs[LOGPROBS].random_data = True
     return c
 
 
 def ensemble_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=opts.shapes.max_batch)
     c.parameters[CONFIG_KEY].string_value = cfg.to_json()
-    _tensor(c.input, "IMAGE_BYTES", mc.TYPE_STRING, [1])
-    _tensor(c.output, "TEXT", mc.TYPE_STRING, [1])
-    _tensor(c.output, "CONFIDENCE", mc.TYPE_FP32, [1])
-    _tensor(c.output, "ERROR", mc.TYPE_STRING, [1])
-    in_name, out_name = (GPU_BACKENDS[opts.gpu_engine][2:] if opts.target == "gpu" else (INPUT_NAME, OUTPUT_NAME))
+    _tensor(c.input, IMAGE_BYTES, mc.TYPE_STRING, [1])
+    _tensor(c.output, TEXT, mc.TYPE_STRING, [1])
+    _tensor(c.output, CONFIDENCE, mc.TYPE_FP32, [1])
+    _tensor(c.output, ERROR, mc.TYPE_STRING, [1])
+    in_name, out_name = (GPU_BACKENDS[opts.gpu_engine][2:] if opts.target == "gpu" else (PIXELS, LOGPROBS))
     steps = c.ensemble_scheduling.step
     s = steps.add(model_name=PREPROCESS, model_version=-1)
-    s.input_map["IMAGE_BYTES"] = "IMAGE_BYTES"
-    s.output_map["PIXELS"] = "pixels"
-    s.output_map["ERROR"] = "preprocess_error"
+    s.input_map[IMAGE_BYTES] = IMAGE_BYTES
+    s.output_map[PIXELS] = "pixels"
+    s.output_map[ERROR] = "preprocess_error"
     s = steps.add(model_name=CRNN, model_version=-1)
     s.input_map[in_name] = "pixels"
     s.output_map[out_name] = "logprobs"
     s = steps.add(model_name=DECODE, model_version=-1)
-    s.input_map["LOGPROBS"] = "logprobs"
-    s.input_map["INPUT_ERROR"] = "preprocess_error"
-    s.output_map["TEXT"] = "TEXT"
-    s.output_map["CONFIDENCE"] = "CONFIDENCE"
-    s.output_map["ERROR"] = "ERROR"
+    s.input_map[LOGPROBS] = "logprobs"
+    s.input_map[INPUT_ERROR] = "preprocess_error"
+    s.output_map[TEXT] = TEXT
+    s.output_map[CONFIDENCE] = CONFIDENCE
+    s.output_map[ERROR] = ERROR
     return c
 
 
@@ -236,7 +253,7 @@ def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_a
 
 
 def install_model_py(template: Path, version_dir: Path) -> Path:
-    """Copy ``template`` to ``version_dir/model.py`` with its bytecode, validated by the source's hash (not
+    """Write ``template`` with :data:`MODEL_PY_HEADER` before it to ``version_dir/model.py``, with its bytecode, validated by the source's hash (not
     its mtime).
 
     A python-backend stub importing ``model.py`` otherwise writes ``__pycache__`` into the repository the
@@ -247,7 +264,7 @@ def install_model_py(template: Path, version_dir: Path) -> Path:
     usual, so it still triggers its reload.
     """
     model_py = version_dir / "model.py"
-    shutil.copy(template, model_py)
+    model_py.write_text(MODEL_PY_HEADER + template.read_text(encoding="utf-8"), encoding="utf-8")
     py_compile.compile(str(model_py), cfile=importlib.util.cache_from_source(str(model_py)), doraise=True,
                        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     return model_py

@@ -4,6 +4,7 @@
     htr synth       write synthetic handwriting in the Kaggle layout
     htr train       train the CRNN (Prometheus metrics on a port)
     htr eval        score a checkpoint on a labelled folder
+    htr export      export a checkpoint (TorchScript/ONNX/TensorRT), check parity, write the model repository
     htr serve       run Triton on the model repository (foreground)
     htr recognize   read images through a running server (client)
     htr loadtest    bounded Locust load test against a local server, with a summary
@@ -23,7 +24,8 @@ COMMANDS = {
     "synth": "htr.synth",
     "train": "htr.train",
     "eval": "htr.evaluate",
-    "serve": "htr.serve",
+    "export": "htr.export.build_engine",
+    "serve": "htr.serve.cli",
     "recognize": "htr.client.cli",
     "loadtest": "htr.loadtest.run",
 }

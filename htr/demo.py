@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kaggle_names"
+from .paths import ROOT, default_data_dir
 
 
 def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p = sub.add_parser("demo", help="run the main job end to end on the bundled defaults",
                        description=__doc__, formatter_class=formatter_class)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (labelled/, labels.csv)")
+    p.add_argument("--data", type=Path, default=default_data_dir(),
+                   help="Kaggle-layout folder (labelled/, labels.csv); default $HTR_DATA, else ../shared/data/kaggle_names")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "crnn_names.pt")
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository", help="where the repository is written")
     p.add_argument("--samples", type=Path, default=ROOT / "samples", help="bundled sample images (+ labels.csv)")
@@ -61,11 +61,11 @@ def run(args) -> int:
     from htr.client import HTRClient
     from htr.config import HTRConfig
     from htr.data import read_kaggle, split_samples
-    from htr.export.build_engine import main as build_engine
+    from htr.export.build import ExportError, build_repository
     from htr.metrics import score
     from htr.model import load_checkpoint
     from htr.preprocess import decode_images, preprocess_batch
-    from htr.serve import TritonServer, free_port
+    from htr.serve import ServerOptions, TritonServer
 
     labelled = args.data / "labelled"
     if not labelled.is_dir():
@@ -87,14 +87,13 @@ def run(args) -> int:
     print(f"contact sheet (original above, network input below): {args.out / 'preprocessed.png'}")
 
     print("\n== 2. export/build_engine.py")
-    rc = build_engine(["--checkpoint", str(args.checkpoint), "--repository", str(args.repository),
-                       "--data", str(args.data), "--parity-images", "32"])
-    if rc:
-        return rc
+    try:
+        build_repository(args.checkpoint, args.repository, data=args.data, parity_images=32)
+    except ExportError as e:
+        raise SystemExit(f"error: {e}") from e
 
     print("\n== 3. tritonserver (bundled with nvidia-pytriton), loopback only")
-    server = TritonServer(args.repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=args.out / "tritonserver.log")
+    server = TritonServer(args.repository, ServerOptions.with_free_ports(log_file=args.out / "tritonserver.log"))
     t0 = time.perf_counter()
     server.start(ready_timeout=180)
     print(f"ready in {time.perf_counter() - t0:.1f} s: gRPC {server.url_grpc}, HTTP {server.url_http}, "

@@ -33,7 +33,6 @@ import csv
 import importlib.metadata
 import math
 import multiprocessing
-import os
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from htr.config import DEFAULT_ALPHABET, normalize_label
+from htr.paths import default_data_dir
 
 REQUIREMENTS_FILE = "requirements-fonts.txt"
 
@@ -79,8 +79,6 @@ MAX_LEN = 18
 FILENAME_FORMAT = "SYNTH_{:06d}.jpg"
 CSV_HEADER = ("FILENAME", "IDENTITY")
 
-_REPO = Path(__file__).resolve().parents[1]
-
 
 # --------------------------------------------------------------------------------------------
 # names
@@ -89,9 +87,7 @@ _REPO = Path(__file__).resolve().parents[1]
 
 def default_names_path() -> Path:
     """``$HTR_DATA/names_corpus.txt``, else the shared data folder beside the checkout."""
-    data = os.environ.get("HTR_DATA")
-    base = Path(data) if data else _REPO.parent / "shared" / "data" / "kaggle_names"
-    return base / "names_corpus.txt"
+    return default_data_dir() / "names_corpus.txt"
 
 
 def load_names(path, alphabet: str = DEFAULT_ALPHABET) -> list[str]:

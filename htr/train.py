@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -37,8 +36,7 @@ from .metrics import score
 from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, save_checkpoint
 from .preprocess import ctc_greedy_decode
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("HTR_DATA", ROOT.parent / "shared" / "data" / "kaggle_names"))
+from .paths import default_data_dir
 
 
 def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
@@ -47,7 +45,7 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g = p.add_argument_group("data")
     g.add_argument("--real", type=Path, action="append", default=None,
                    help=f"Kaggle-layout folder (labels.csv + labelled/), hash-split train/eval; repeatable "
-                        f"(default: {DEFAULT_DATA})")
+                        f"(default: $HTR_DATA, else {default_data_dir()})")
     g.add_argument("--data", action="append", default=[], metavar="CSV[:IMAGES]",
                    help="extra labelled CSV (all rows used for training); repeatable")
     g.add_argument("--real-repeat", type=int, default=4, help="times each real training image is seen per epoch")
@@ -285,7 +283,7 @@ def run(args) -> int:
                         model=ModelConfig(cnn_channels=channels, lstm_hidden=args.hidden, dropout=args.dropout))
 
     # data
-    real_dirs = args.real if args.real is not None else [DEFAULT_DATA]
+    real_dirs = args.real if args.real is not None else [default_data_dir()]
     train_samples, val_samples = [], []
     for d in real_dirs:
         samples, report = read_kaggle(d / "labels.csv", None, cfg.alphabet)

@@ -38,6 +38,8 @@ import tritonclient.http as httpclient  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
+from htr.runtime.contract import ENSEMBLE, ERROR, IMAGE_BYTES, TEXT  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT / "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -51,7 +53,7 @@ def _add_arguments(parser):
                        help="folder of images to send (jpg/png/...)")
     group.add_argument("--grpc-url", type=str, default="127.0.0.1:8001", env_var="LOCUST_GRPC_URL",
                        help="Triton gRPC endpoint host:port for GrpcUser")
-    group.add_argument("--model", type=str, default="htr", env_var="LOCUST_MODEL",
+    group.add_argument("--model", type=str, default=ENSEMBLE, env_var="LOCUST_MODEL",
                        help="model to call (the ensemble takes IMAGE_BYTES)")
     group.add_argument("--batch-size", type=int, default=8, env_var="LOCUST_BATCH_SIZE",
                        help="images per request in the batch task")
@@ -84,7 +86,7 @@ class _TritonUser(User):
 
     def on_start(self):
         options = self.environment.parsed_options
-        self.model = options.model if options else "htr"
+        self.model = options.model if options else ENSEMBLE
         self.batch = max(1, options.batch_size if options else 8)
         self.timeout = options.request_timeout if options else 30.0
         try:
@@ -135,11 +137,11 @@ class GrpcUser(_TritonUser):
         return grpcclient.InferenceServerClient(url)
 
     def _infer(self, blobs):
-        inp = grpcclient.InferInput("IMAGE_BYTES", list(blobs.shape), "BYTES")
+        inp = grpcclient.InferInput(IMAGE_BYTES, list(blobs.shape), "BYTES")
         inp.set_data_from_numpy(blobs)
-        outputs = [grpcclient.InferRequestedOutput(n) for n in ("TEXT", "ERROR")]
+        outputs = [grpcclient.InferRequestedOutput(n) for n in (TEXT, ERROR)]
         result = self.client.infer(self.model, [inp], outputs=outputs, client_timeout=self.timeout)
-        return result.as_numpy("TEXT").reshape(-1), result.as_numpy("ERROR").reshape(-1)
+        return result.as_numpy(TEXT).reshape(-1), result.as_numpy(ERROR).reshape(-1)
 
 
 class HttpUser(_TritonUser):
@@ -152,8 +154,8 @@ class HttpUser(_TritonUser):
         return httpclient.InferenceServerClient(host, connection_timeout=self.timeout, network_timeout=self.timeout)
 
     def _infer(self, blobs):
-        inp = httpclient.InferInput("IMAGE_BYTES", list(blobs.shape), "BYTES")
+        inp = httpclient.InferInput(IMAGE_BYTES, list(blobs.shape), "BYTES")
         inp.set_data_from_numpy(blobs, binary_data=True)
-        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in ("TEXT", "ERROR")]
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in (TEXT, ERROR)]
         result = self.client.infer(self.model, [inp], outputs=outputs)
-        return result.as_numpy("TEXT").reshape(-1), result.as_numpy("ERROR").reshape(-1)
+        return result.as_numpy(TEXT).reshape(-1), result.as_numpy(ERROR).reshape(-1)

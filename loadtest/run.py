@@ -29,12 +29,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from htr.runtime.contract import ENSEMBLE
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_REPORTS = ROOT / "loadtest" / "reports"
 
 
-def triton_request_counts(metrics_url: str, model: str = "htr") -> dict[str, float]:
+def triton_request_counts(metrics_url: str, model: str = ENSEMBLE) -> dict[str, float]:
     """``{"success": n, "failure": n}`` summed over versions of ``model`` from Triton's /metrics."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(metrics_url, timeout=10) as r:
@@ -49,7 +51,7 @@ def triton_request_counts(metrics_url: str, model: str = "htr") -> dict[str, flo
 
 
 def locust_command(*, host: str, grpc_url: str, users: int, spawn_rate: float, run_time: str, images: Path,
-                   reports: Path, model: str = "htr", batch_size: int = 8, user_classes=(), extra=()) -> list[str]:
+                   reports: Path, model: str = ENSEMBLE, batch_size: int = 8, user_classes=(), extra=()) -> list[str]:
     reports.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
            "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", run_time, "--stop-timeout", "10",
@@ -170,13 +172,14 @@ def run(args) -> int:
     classes = {"both": (), "grpc": ("GrpcUser",), "http": ("HttpUser",)}[args.protocol]
     if args.url:
         return _run_against(args.url, args.http_port, args.grpc_port, args.metrics_port, args, seconds, classes)
-    from htr.serve import ServerError, TritonServer, free_port
+    from htr.serve import ServerError, ServerOptions, TritonServer
 
-    if not (args.repository / "htr" / "config.pbtxt").is_file():
+    if not (args.repository / ENSEMBLE / "config.pbtxt").is_file():
         print(f"htr loadtest: no model repository at {args.repository} (run `make repository`)", file=sys.stderr)
         return 2
-    ports = [free_port() for _ in range(3)]
-    server = TritonServer(args.repository, *ports)
+    options = ServerOptions.with_free_ports()
+    ports = [options.http_port, options.grpc_port, options.metrics_port]
+    server = TritonServer(args.repository, options)
     print(f"htr loadtest: starting htr serve on {args.repository} (HTTP {ports[0]}, gRPC {ports[1]}, "
           f"metrics {ports[2]}) ...", flush=True)
     try:

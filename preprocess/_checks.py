@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._limits import MAX_PIXELS, MODE_NONE, MODE_OTSU, MODE_THRESHOLD
+from ._constants import MAX_PIXELS, MODE_NONE, MODE_OTSU, MODE_THRESHOLD
 
 
 def check_size(height, width):

@@ -10,14 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ._limits import MAX_PIXELS
-
-#: Largest encoded image accepted, in bytes.
-MAX_BYTES = 32 * 1024 * 1024
-
-#: Largest total of encoded bytes one serving request may carry (the ``preprocess`` model's
-#: ``max_request_bytes``); ``decode_images`` itself takes any number of images.
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
+from htr.runtime.contract import MAX_BYTES, MAX_PIXELS  # the served limits are decode_images' defaults
 
 
 def _as_buffer(i: int, blob) -> np.ndarray:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HTR_DATA", ROOT.parent / "shared" / "data" / "kaggle_names"))
+from htr.paths import default_data_dir  # noqa: E402
+
+DATA = default_data_dir()
 
 
 @pytest.fixture(scope="session")
@@ -51,25 +53,24 @@ def checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_repository(tmp_path_factory, checkpoint, kaggle_dir) -> Path:
-    """The CPU model repository built from the shipped checkpoint by export/build_engine.py."""
-    from htr.export.build_engine import main as build_engine
+    """The CPU model repository built from the shipped checkpoint by htr.export.build (export/build_engine.py)."""
+    from htr.export.build import build_repository
 
     root = tmp_path_factory.mktemp("serving")
     repo = root / "model_repository"
-    rc = build_engine(["--checkpoint", str(checkpoint), "--repository", str(repo), "--engines", str(root / "engines"),
-                       "--formats", "torchscript", "--data", str(kaggle_dir), "--parity-images", "16"])
-    assert rc == 0, "build_engine failed"
+    report = build_repository(checkpoint, repo, formats="torchscript", engines_dir=root / "engines", data=kaggle_dir,
+                              parity_images=16)  # raises when the build fails
+    assert report.ok, "build_repository failed"
     return repo
 
 
 @pytest.fixture(scope="session")
 def triton(cpu_repository, tmp_path_factory):
     """A real tritonserver (the one bundled in nvidia-pytriton) serving the CPU repository on free ports."""
-    from htr.serve import TritonServer, free_port
+    from htr.serve import ServerOptions, TritonServer
 
     log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    server = TritonServer(cpu_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=log)
+    server = TritonServer(cpu_repository, ServerOptions.with_free_ports(log_file=log))
     server.start(ready_timeout=180)
     yield server
     server.stop()

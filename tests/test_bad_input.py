@@ -5,7 +5,7 @@ answers are what is checked; one case goes through ``htr.client``. For every cas
 ``ERROR`` that names the problem (or the request a clear error), every good item of the same request gets
 the text the offline model gives for it alone, and the server is still ready and serving afterwards.
 
-The cases themselves live in ``bench/badinputs.py``, shared with the fuzz run (``bench/fuzz.py``).
+The cases themselves live in ``htr.testing.bad_inputs``, shared with the fuzz run (``bench/fuzz.py``).
 """
 from __future__ import annotations
 
@@ -30,11 +30,10 @@ from tritonclient.utils import InferenceServerException
 
 from htr.client import HTRClient
 from htr.recognize import Recognizer
-from htr.serve import TritonServer, free_port, stub_processes
+from htr.serve import ServerOptions, TritonServer, stub_processes
+from htr.testing import bad_inputs as bad
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import badinputs as bad  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -253,18 +252,17 @@ def test_item_over_max_bytes_fails_alone(triton, protocol, good, recognizer):
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory, checkpoint, kaggle_dir):
-    """A second server whose limits were set through export/build_engine.py's flags."""
-    from htr.export.build_engine import main as build_engine
+    """A second server whose limits were set through build_repository (export/build_engine.py's --max-* flags)."""
+    from htr.export.build import build_repository
+    from htr.export.repository import RepositoryOptions
 
     root = tmp_path_factory.mktemp("limited")
     repo = root / "model_repository"
-    rc = build_engine(["--checkpoint", str(checkpoint), "--repository", str(repo), "--engines", str(root / "engines"),
-                       "--formats", "torchscript", "--data", str(kaggle_dir), "--parity-images", "4",
-                       "--max-request-bytes", "300000", "--max-bytes", "100000", "--max-pixels", "1000000",
-                       "--max-width", "512", "--preprocess-instances", "1"])
-    assert rc == 0
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=root / "tritonserver.log")
+    options = RepositoryOptions(max_request_bytes=300000, max_bytes=100000, max_pixels=1000000, preprocess_instances=1)
+    report = build_repository(checkpoint, repo, options=options, formats="torchscript", engines_dir=root / "engines",
+                              data=kaggle_dir, parity_images=4, shapes={"max_width": 512})
+    assert report.ok
+    server = TritonServer(repo, ServerOptions.with_free_ports(log_file=root / "tritonserver.log"))
     server.start(ready_timeout=180)
     yield server
     server.stop()

@@ -24,7 +24,9 @@ from htr.client import (AsyncHTRClient, ConfigMismatchError, HTRClient, Inferenc
                         ServerUnreachableError, image_files)
 from htr.data import read_kaggle
 from htr.recognize import Recognizer
-from htr.serve import TritonServer, free_port
+from htr.serve import ServerOptions, TritonServer, free_port
+
+pytestmark = pytest.mark.slow  # a real tritonserver (conftest ``triton``)
 
 N = 32  # images compared per configuration
 
@@ -184,8 +186,8 @@ def test_missing_model_is_model_not_ready(triton):
 
 def test_model_not_loaded_is_model_not_ready(cpu_repository, tmp_path):
     """A second server that knows the repository but loaded nothing (explicit model control)."""
-    server = TritonServer(cpu_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          model_control="explicit", log_file=tmp_path / "explicit.log", load_models=())
+    server = TritonServer(cpu_repository, ServerOptions.with_free_ports(
+        model_control="explicit", log_file=tmp_path / "explicit.log", load_models=()))
     with server:
         with pytest.raises(ModelNotReadyError) as info:
             HTRClient(server.url_grpc, retries=0, headers=server.admin_headers)

@@ -1,4 +1,5 @@
-"""export/build_engine.py: engines, parity against PyTorch, and the generated repository's configs."""
+"""htr.export.build (export/build_engine.py, htr export): engines, parity against PyTorch, and the generated
+repository's configs."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from htr.config import HTRConfig, ModelConfig
-from htr.export.build_engine import main as build_engine
+from htr.export.build import ExportError, ExportUsageError, build_repository
+from htr.export.build_engine import main as build_engine, parse_args
 from htr.export.engines import Shapes, load_torchscript, onnx_config
 from htr.export.repository import RepositoryOptions, read_config, write_repository
 from htr.model import CRNN, save_checkpoint
@@ -23,12 +25,16 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-def test_build_engine_cpu_repository_with_parity(tmp_path, small_checkpoint, kaggle_dir, capsys):
+def test_build_repository_cpu_with_parity(tmp_path, small_checkpoint, kaggle_dir, capsys):
     repo, engines = tmp_path / "repo", tmp_path / "engines"
-    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(repo), "--engines", str(engines),
-                       "--formats", "torchscript,onnx", "--data", str(kaggle_dir), "--parity-images", "16"])
+    report = build_repository(small_checkpoint, repo, formats="torchscript,onnx", engines_dir=engines, data=kaggle_dir,
+                              parity_images=16)
     out = capsys.readouterr().out
-    assert rc == 0, out
+    assert report.ok, out
+    assert report.repository == repo and report.artifacts == {"torchscript": engines / "model.pt",
+                                                              "onnx": engines / "model.onnx"}
+    assert report.table in out and [r.engine for r in report.results] == ["torchscript (CPU, FP32)",
+                                                                           "onnx (onnxruntime CPU, FP32)"]
     assert "| torchscript (CPU, FP32) |" in out and "| onnx (onnxruntime CPU, FP32) |" in out
     assert "MISMATCH" not in out and out.count("| OK |") == 2
     # configs come from the checkpoint, embedded everywhere
@@ -53,6 +59,7 @@ def test_build_engine_cpu_repository_with_parity(tmp_path, small_checkpoint, kag
 
 
 def test_explicit_tensorrt_without_gpu_fails_clearly(tmp_path, small_checkpoint, kaggle_dir, capsys):
+    """The command line itself: exit code 1 and the ``error:`` line on stderr."""
     rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--engines",
                        str(tmp_path / "e"), "--formats", "torchscript,tensorrt", "--data", str(kaggle_dir),
                        "--parity-images", "4"])
@@ -62,10 +69,44 @@ def test_explicit_tensorrt_without_gpu_fails_clearly(tmp_path, small_checkpoint,
 
 
 def test_default_formats_skip_tensorrt_with_the_reason(tmp_path, small_checkpoint, kaggle_dir, capsys):
-    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--engines",
-                       str(tmp_path / "e"), "--data", str(kaggle_dir), "--parity-images", "4"])
+    report = build_repository(small_checkpoint, tmp_path / "r", engines_dir=tmp_path / "e", data=kaggle_dir,
+                              parity_images=4)
     out = capsys.readouterr().out
-    assert rc == 0 and "skipping tensorrt: " in out and (tmp_path / "r" / "htr" / "config.pbtxt").is_file()
+    assert report.ok and "skipping tensorrt: " in out and (tmp_path / "r" / "htr" / "config.pbtxt").is_file()
+    assert set(report.artifacts) == {"torchscript", "onnx"}
+    assert f"skipping tensorrt: {report.skipped['tensorrt']}" in out
+
+
+def test_parity_mismatch_raises_and_writes_nothing(tmp_path, small_checkpoint, kaggle_dir, monkeypatch):
+    import htr.export.build as build
+
+    monkeypatch.setattr(build, "FP32_TOL", -1.0)  # no engine can pass: the build must stop before writing
+    with pytest.raises(build.ParityError, match="does not match PyTorch; the repository was not written") as e:
+        build_repository(small_checkpoint, tmp_path / "r", formats="torchscript", engines_dir=tmp_path / "e",
+                         data=kaggle_dir, parity_images=4, progress=None)
+    report = e.value.report
+    assert not report.ok and report.repository is None and "MISMATCH" in report.table
+    assert not (tmp_path / "r").exists()
+
+
+def test_contradictory_requests_are_usage_errors(tmp_path, small_checkpoint, capsys):
+    """Refused before anything is built: ``ExportUsageError`` from the library, exit code 2 from the CLI."""
+    with pytest.raises(ExportUsageError, match=r"unknown format\(s\) \['tflite'\]"):
+        build_repository(small_checkpoint, tmp_path / "r", formats="torchscript,tflite", progress=None)
+    with pytest.raises(ExportUsageError, match="include torchscript in --formats"):
+        build_repository(small_checkpoint, tmp_path / "r", formats=["onnx"], progress=None)
+    assert issubclass(ExportUsageError, ExportError)
+    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--formats", "onnx"])
+    assert rc == 2 and "error: --target cpu serves the TorchScript file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_htr_export_has_the_same_flags():
+    from htr.cli import build_parser
+
+    argv = ["--target", "gpu", "--gpu-engine", "onnxruntime", "--max-width", "512", "--no-dynamic-batching"]
+    shared = vars(build_parser("export").parse_args(["export", *argv]))
+    assert {k: v for k, v in shared.items() if k not in ("command", "func")} == vars(parse_args(argv))
 
 
 @pytest.mark.parametrize("engine,platform,in_name,filename", [

@@ -1,11 +1,10 @@
 """Faults under load against the real tritonserver (issue 7): a killed python-backend stub, SIGTERM, a new
 model version dropped in. No mocks: each test starts its own server (on free loopback ports, from a copy of
 the CPU repository, since the runs write into it) and drives it with ``htr.client`` threads sending real
-labelled images; the scenarios are the ones of ``bench/faults.py``, imported from there.
+labelled images; the scenarios are those of ``htr.testing.faults``, which ``bench/faults.py`` runs too.
 """
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -16,33 +15,23 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from htr.client.errors import RETRYABLE, UNHEALTHY, UNREACHABLE, classify
-from htr.serve import STUB_EXECUTABLE, TritonServer
+from htr.serve import STUB_EXECUTABLE, ServerOptions, TritonServer
+from htr.testing import faults
+from htr.testing.load import Load, error_types, load_blobs
+from htr.testing.server import copy_repository, free_ports
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-faults = _bench("faults")
 
 
 @pytest.fixture(scope="module")
 def blobs(kaggle_dir) -> list[bytes]:
-    return faults.load_blobs(kaggle_dir, limit=64)
+    return load_blobs(kaggle_dir, limit=64)
 
 
 @pytest.fixture
 def repository(cpu_repository, tmp_path) -> Path:
     """A private copy of the session's CPU repository: these tests add versions and touch model files."""
-    return faults.copy_repository(cpu_repository, tmp_path)
+    return copy_repository(cpu_repository, tmp_path)
 
 
 # --- the retry decision for a dead stub ------------------------------------------------------------------
@@ -59,7 +48,7 @@ def test_dead_stub_and_dropped_calls_are_retried_refusals_are_not():
 
 def test_heal_stubs_needs_a_model_control_that_can_reload(repository):
     with pytest.raises(ValueError, match="explicit"):
-        TritonServer(repository, model_control="none", heal_stubs=True)
+        TritonServer(repository, ServerOptions(model_control="none", heal_stubs=True))
 
 
 # --- a python-backend stub killed with SIGKILL under load ----------------------------------------------
@@ -95,7 +84,7 @@ def test_killed_stub_is_reloaded_and_client_retries_lose_nothing(repository, blo
 
 
 def test_sigterm_to_htr_serve_drains_in_flight_requests_and_refuses_new_ones(repository, blobs, tmp_path):
-    ports = faults.ports()
+    ports = free_ports()
     out = tmp_path / "serve.out"
     cmd = [sys.executable, "-m", "htr.cli", "serve", "--repository", str(repository),
            "--http-port", str(ports["http_port"]), "--grpc-port", str(ports["grpc_port"]),
@@ -109,7 +98,7 @@ def test_sigterm_to_htr_serve_drains_in_flight_requests_and_refuses_new_ones(rep
         while "htr serve: ready in" not in out.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, f"htr serve not ready:\n{out.read_text()}"
             time.sleep(0.2)
-        load = faults.Load(f"127.0.0.1:{ports['grpc_port']}", blobs, 3, batch=8, retries=2, backoff_s=0.2).start()
+        load = Load(f"127.0.0.1:{ports['grpc_port']}", blobs, 3, batch=8, retries=2, backoff_s=0.2).start()
         deadline = time.monotonic() + 30
         while len([o for o in load.outcomes if o.ok]) < 6:  # warmed up: requests complete
             assert time.monotonic() < deadline, "no request completed before the stop"
@@ -134,10 +123,10 @@ def test_sigterm_to_htr_serve_drains_in_flight_requests_and_refuses_new_ones(rep
     assert in_flight, "nothing was in flight at SIGTERM: the drain was not exercised"
     assert all(o.ok for o in in_flight), [o.error for o in in_flight if not o.ok]
     draining = [o for o in load.outcomes if t_term <= o.start < t_exit and not o.ok]
-    assert set(faults._error_types(draining)) <= {"ModelNotReadyError", "ServerUnreachableError"}, draining[:3]
+    assert set(error_types(draining)) <= {"ModelNotReadyError", "ServerUnreachableError"}, draining[:3]
     after = [o for o in load.outcomes if o.start >= t_exit]
     assert after and not any(o.ok for o in after)
-    assert set(faults._error_types(after)) == {"ServerUnreachableError"}, [o.error for o in after[:3]]
+    assert set(error_types(after)) == {"ServerUnreachableError"}, [o.error for o in after[:3]]
     assert max(o.seconds for o in after) < 10, "a request to the stopped server hung instead of failing"
     assert not _stubs_serving(repository), "backend stubs outlived the server"
 
@@ -156,7 +145,7 @@ def _stubs_serving(repository: Path) -> list[int]:
 
 
 def test_sigterm_drain_through_triton_server(repository, blobs, tmp_path):
-    """The same stop through the Python API (TritonServer.terminate), as bench/faults.py sigterm measures."""
+    """The same stop through the Python API (TritonServer.terminate), as ``bench/faults.py sigterm`` measures."""
     r = faults.sigterm(repository, blobs, tmp_path, threads=3, batch=8, warmup_s=2.0, drain_timeout=20)
     assert r["exit_status"] == 0 and not r["killed"]
     assert r["in_flight_at_sigterm"]["sent"] > 0 and r["in_flight_at_sigterm"]["lost"] == 0, r["in_flight_at_sigterm"]
@@ -174,8 +163,8 @@ def test_poll_mode_start_up_loads_each_model_once_and_writes_nothing(repository,
     before = {p: p.stat().st_mtime_ns for p in repository.rglob("*")}
     assert any(p.name.endswith(".pyc") for p in before), "the repository ships no bytecode"
     log = tmp_path / "poll.log"
-    with TritonServer(repository, **faults.ports(), log_file=log, model_control="poll", poll_interval=1,
-                      heal_stubs=False):
+    with TritonServer(repository, ServerOptions(**free_ports(), log_file=log, model_control="poll", poll_interval=1,
+                                                heal_stubs=False)):
         time.sleep(4.0)  # about four polls
         text = log.read_text(errors="replace")
     after = {p: p.stat().st_mtime_ns for p in repository.rglob("*")}

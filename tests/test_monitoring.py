@@ -161,7 +161,7 @@ def test_prometheus_config_and_rules_pass_promtool():
 
 def test_rule_bucket_bounds_are_published_buckets():
     """Every ``le`` a rule reads is a bucket edge the pipeline publishes (else the drift signal is empty)."""
-    from htr.export import triton_metrics as tm
+    from htr.runtime import prometheus as tm
 
     buckets = {"htr_input_width_pixels": tm.WIDTH_BUCKETS, "htr_input_height_pixels": tm.HEIGHT_BUCKETS,
                "htr_input_ink_ratio": tm.INK_BUCKETS, "htr_prediction_length_chars": tm.LENGTH_BUCKETS,
@@ -321,9 +321,9 @@ def _wide_blank_images(n: int, rng) -> list[bytes]:
 
 def test_drift_signal_moves_and_alert_fires(cpu_repository, kaggle_dir, tmp_path):
     from htr.client import HTRClient
-    from htr.serve import TritonServer, free_port
+    from htr.serve import ServerOptions, TritonServer
 
-    with TritonServer(cpu_repository, free_port(), free_port(), free_port(), log_file=tmp_path / "triton.log") as server:
+    with TritonServer(cpu_repository, ServerOptions.with_free_ports(log_file=tmp_path / "triton.log")) as server:
         target = server.url_metrics.split("://", 1)[1].rsplit("/", 1)[0]
         with Prometheus(tmp_path / "prom", {"triton": target}, for_override="0s") as prom, \
                 HTRClient(server.url_grpc) as client:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from htr.serve import MODEL_PY_HEADER, ServerError, TritonServer, free_port
+from htr.export.repository import MODEL_PY_HEADER
+from htr.serve import ServerError, ServerOptions, TritonServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def _ports() -> dict[str, int]:
 @pytest.fixture(scope="module")
 def server(repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "tritonserver.log"
-    srv = TritonServer(repository, **_ports(), log_file=log)
+    srv = TritonServer(repository, ServerOptions(**_ports(), log_file=log))
     srv.start(ready_timeout=60)
     yield srv
     srv.stop()
@@ -203,7 +204,7 @@ def test_port_in_use_is_refused(repository, tmp_path):
         port = busy.getsockname()[1]
         ports = _ports()
         ports["grpc_port"] = port
-        srv = TritonServer(repository, **ports, log_file=tmp_path / "log")
+        srv = TritonServer(repository, ServerOptions(**ports, log_file=tmp_path / "log"))
         with pytest.raises(ServerError, match=rf"gRPC port {port} on 127.0.0.1 is already in use"):
             srv.start(ready_timeout=10)
     assert srv.pid is None  # refused before anything was spawned
@@ -211,7 +212,7 @@ def test_port_in_use_is_refused(repository, tmp_path):
 
 def test_missing_repository_is_refused(tmp_path):
     with pytest.raises(ServerError, match="does not exist"):
-        TritonServer(tmp_path / "nowhere", **_ports()).start()
+        TritonServer(tmp_path / "nowhere", ServerOptions(**_ports())).start()
 
 
 def test_sigterm_stops_cleanly(server, repository):

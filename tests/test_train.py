@@ -42,6 +42,7 @@ def tiny_kaggle(tmp_path_factory, kaggle_dir):
     return root
 
 
+@pytest.mark.slow
 def test_overfit_one_batch(kaggle_dir):
     """4 real images, a small CRNN, <= 450 steps: CTC loss below 0.5 and greedy decoding mostly right."""
     torch.manual_seed(0)
@@ -68,6 +69,7 @@ def test_overfit_one_batch(kaggle_dir):
     assert score(texts, batch["texts"])["cer"] < 0.25, texts  # an untrained model reads nothing (CER 1.0)
 
 
+@pytest.mark.slow
 def test_train_resume_equals_straight_run(tmp_path, tiny_kaggle):
     common = ["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--augment", "0",
               "--batch-size", "8", "--workers", "0", "--metrics-port", "0", "--no-progress", "--seed", "3", *TINY]
@@ -85,6 +87,7 @@ def test_train_resume_equals_straight_run(tmp_path, tiny_kaggle):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_train_serves_prometheus_metrics(tmp_path, tiny_kaggle, monkeypatch):
     """The exporter answers while training runs: scrape it from inside the loop."""
     import htr.train as train_mod
@@ -115,6 +118,7 @@ def test_train_serves_prometheus_metrics(tmp_path, tiny_kaggle, monkeypatch):
     assert wanted and all(f"\n{name}" in text for name in wanted), wanted - {n for n in wanted if f"\n{n}" in text}
 
 
+@pytest.mark.slow
 def test_eval_cli_prints_json(tmp_path, tiny_kaggle, capsys):
     assert cli(["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--epochs", "1",
                 "--max-steps", "3", "--batch-size", "8", "--workers", "0", "--metrics-port", "0", "--no-progress",
@@ -166,6 +170,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(1.0, 0.1) == pytest.approx(0.02) and lr_factor(1.5, 0.1) == pytest.approx(0.02)
 
 
+@pytest.mark.slow
 def test_init_at_a_new_input_size_first_pseudo_labels_with_the_init_model(tmp_path, tiny_kaggle, monkeypatch):
     import htr.train as train_mod
 

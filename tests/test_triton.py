@@ -15,6 +15,8 @@ from htr.data import read_kaggle
 from htr.preprocess import decode_images, preprocess_batch
 from htr.recognize import Recognizer
 
+pytestmark = pytest.mark.slow  # a real tritonserver (conftest ``triton``)
+
 OUTPUTS = ("TEXT", "CONFIDENCE", "ERROR")
 
 

@@ -1,21 +1,12 @@
-# The python-backend stub embeds the system libpython and ignores PYTHONPATH; `htr serve` passes the
-# project's site-packages in HTR_SITE_PACKAGES (os.environ reaches the stub). Must run before imports.
-import os
-import site
+import ctypes
 
-for _path in filter(None, os.environ.get("HTR_SITE_PACKAGES", "").split(os.pathsep)):
-    site.addsitedir(_path)
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
-import ctypes  # noqa: E402
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-
-from htr.config import HTRConfig  # noqa: E402
-from htr.export.triton_metrics import InputMetrics  # noqa: E402
-from htr.preprocess import decode_images, preprocess_batch  # noqa: E402
-from htr.preprocess._decode import MAX_BYTES, MAX_PIXELS, MAX_REQUEST_BYTES  # noqa: E402
+from htr.preprocess import decode_images, preprocess_batch
+from htr.runtime.contract import ERROR, IMAGE_BYTES, MAX_BYTES, MAX_PIXELS, MAX_REQUEST_BYTES, PIXELS
+from htr.runtime.prometheus import InputMetrics
+from htr.runtime.stage import RequestError, execute_batched, object_column, stage_config
 
 # Once a batch has decoded an image this large (pixels), the freed memory is handed back to the OS: glibc
 # keeps the heap that large decodes grew (a 20-megapixel colour image is 60 MB), so without this an
@@ -35,7 +26,7 @@ class TritonPythonModel:
 
     A bad image (corrupt, empty, too large) gets zero pixels and its reason in ERROR; the other images
     of the same request and batch are processed normally. Everything is batched across requests.
-    Each image's size and ink ratio go to the input-drift histograms (``htr.export.triton_metrics``).
+    Each image's size and ink ratio go to the input-drift histograms (``htr.runtime.prometheus``).
 
     Limits (``parameters``, written by ``export/build_engine.py --max-bytes/--max-pixels/--max-request-bytes``):
     ``max_bytes`` per encoded image and ``max_pixels`` per image (read from the header, before decoding)
@@ -46,26 +37,42 @@ class TritonPythonModel:
     """
 
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.cfg = HTRConfig.from_json(params["htr_config"])
-        self.max_pixels = int(params.get("max_pixels", MAX_PIXELS))
-        self.max_bytes = int(params.get("max_bytes", MAX_BYTES))
-        self.max_request_bytes = int(params.get("max_request_bytes", MAX_REQUEST_BYTES))
-        self.threads = int(params.get("threads", 1))
+        stage = stage_config(args)
+        self.cfg = stage.cfg
+        self.max_pixels = stage.int_param("max_pixels", MAX_PIXELS)
+        self.max_bytes = stage.int_param("max_bytes", MAX_BYTES)
+        self.max_request_bytes = stage.int_param("max_request_bytes", MAX_REQUEST_BYTES)
+        self.threads = stage.int_param("threads", 1)
         self.height, self.width = self.cfg.input.height, self.cfg.input.width
-        self.logger = pb_utils.Logger
-        self.metrics = InputMetrics(pb_utils, args["model_name"], args["model_version"])
+        self.metrics = InputMetrics(pb_utils, stage.name, stage.version)
         self.malloc_trim = _malloc_trim()
 
-    def _too_large(self, arr) -> str:
-        """The reason to refuse a whole request (its images together are over max_request_bytes), or ""."""
+    def execute(self, requests):
+        self.refused = 0  # images of requests refused as a whole, counted by _check
+        responses = execute_batched(pb_utils, requests, (IMAGE_BYTES,), self._run, check=self._check,
+                                    group_by=lambda arrays: None)  # every request's images in one batch
+        if self.refused:
+            self.metrics.record_failures(self.refused)
+        return responses
+
+    def _check(self, arrays) -> None:
+        """Refuse a whole request whose images together are over max_request_bytes, before decoding any."""
+        arr = arrays[IMAGE_BYTES].reshape(-1)
         size = sum(len(b) for b in arr)
-        if size <= self.max_request_bytes:
-            return ""
-        return (f"request carries {size} bytes in {len(arr)} image(s), over the limit of {self.max_request_bytes} "
+        if size > self.max_request_bytes:
+            self.refused += arr.shape[0]
+            raise RequestError(
+                f"request carries {size} bytes in {len(arr)} image(s), over the limit of {self.max_request_bytes} "
                 "bytes per request (max_request_bytes): send fewer images per request, or raise the limit with "
                 "export/build_engine.py --max-request-bytes")
+
+    def _run(self, batch):
+        blobs = batch[IMAGE_BYTES].reshape(-1).tolist()
+        pixels, errors, largest = self._read(blobs)
+        if largest >= TRIM_AFTER_PIXELS and self.malloc_trim is not None:
+            self.malloc_trim(0)  # the decoded images are gone with _read's frame
+        self.metrics.record_failures(sum(1 for e in errors if e))
+        return {PIXELS: pixels, ERROR: object_column(errors)}
 
     def _read(self, blobs):
         """Decode and preprocess ``blobs``: (pixels (N, 1, H, W), errors, the largest image's pixel count).
@@ -100,36 +107,3 @@ class TritonPythonModel:
             return
         pixels[index] = batch
         self.metrics.record(images, (batch > 0.5).mean(axis=(1, 2, 3)))  # ink = 1
-
-    def execute(self, requests):
-        blobs, counts, responses = [], [], [None] * len(requests)
-        refused = 0  # images of requests refused as a whole
-        for i, request in enumerate(requests):
-            counts.append(0)
-            tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES")
-            if tensor is None:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError("missing input IMAGE_BYTES"))
-                continue
-            arr = tensor.as_numpy().reshape(-1)
-            reason = self._too_large(arr)
-            if reason:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(reason))
-                refused += arr.shape[0]
-                continue
-            blobs.extend(arr.tolist())
-            counts[i] = arr.shape[0]
-        pixels, errors, largest = self._read(blobs)
-        if largest >= TRIM_AFTER_PIXELS and self.malloc_trim is not None:
-            self.malloc_trim(0)  # the decoded images are gone with _read's frame
-        self.metrics.record_failures(refused + sum(1 for e in errors if e))
-        start = 0
-        for i, n in enumerate(counts):
-            if responses[i] is not None:
-                continue
-            err = np.array([e.encode() for e in errors[start : start + n]], dtype=np.object_).reshape(n, 1)
-            responses[i] = pb_utils.InferenceResponse([
-                pb_utils.Tensor("PIXELS", pixels[start : start + n]),
-                pb_utils.Tensor("ERROR", err),
-            ])
-            start += n
-        return responses

@@ -20,6 +20,15 @@ __all__ = ["Lexicon", "ctc_beam_decode", "ctc_greedy_decode"]
 NEG_INF = -math.inf
 
 
+def _exp(x: float) -> float:
+    """``exp`` as C computes it in the kernel: ``inf`` past the float range instead of OverflowError
+    (a confidence from finite but unnormalised scores over ~709)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def logaddexp(a: float, b: float) -> float:
     """log(exp(a) + exp(b)), written exactly as ``_ctcmath.logaddexp`` so results match to the bit."""
     if a == NEG_INF:
@@ -57,7 +66,7 @@ def greedy(logprobs, codepoints, blank, lengths, threads=1):
         keep = path != blank
         keep[1:] &= path[1:] != path[:-1]
         logp = path_logp[i, length - 1] if length else 0.0
-        out.append((_text(path[keep], codepoints), math.exp(logp)))
+        out.append((_text(path[keep], codepoints), _exp(logp)))
     return out
 
 
@@ -140,7 +149,7 @@ def beam(logprobs, codepoints, blank, lengths, threads, beam_width, prune_logp, 
             out.append(("", 0.0))
         else:
             prefix, score = found
-            out.append((_text(prefix, codepoints), math.exp(score)))
+            out.append((_text(prefix, codepoints), _exp(score)))
     return out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._checks import check_images, check_out, check_size, parse_binarize
 from .._decode import decode_images  # noqa: F401  (decoding is OpenCV in both paths)
-from .._limits import GREY_B, GREY_G, GREY_R, GREY_SHIFT, MAX_PIXELS, MODE_NONE, MODE_OTSU
+from .._constants import GREY_B, GREY_G, GREY_R, GREY_SHIFT, MAX_PIXELS, MODE_NONE, MODE_OTSU
 
 
 def to_grey(img: np.ndarray) -> np.ndarray:

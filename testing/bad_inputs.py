@@ -1,4 +1,5 @@
-"""Bad and odd inputs for the served pipeline, shared by ``tests/test_bad_input.py`` and ``bench/fuzz.py``.
+"""Bad and odd inputs for the served pipeline, shared by ``tests/test_bad_input.py`` and the fuzz run
+(:mod:`htr.testing.serving_fuzz`, ``bench/fuzz.py``).
 
 Each case is built from a real image (the encoded bytes of a labelled crop) and says what the server must
 do with it:
@@ -12,7 +13,8 @@ The 30000 x 30000 PNG is a real, valid image of one colour (900 megapixels, unde
 decompression bomb that only its header can refuse in time. It is built without ever holding the 900 MB
 of pixels (see :func:`solid_png`).
 
-Used from the tests (``sys.path`` gets ``bench/``) and by ``bench/fuzz.py``; nothing here talks to a server.
+Torch-free and server-free: only bytes and arrays are built here (model, tensor names and limits come
+from :mod:`htr.runtime.contract`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 from PIL import Image
+
+from htr.runtime.contract import CRNN, ENSEMBLE, IMAGE_BYTES, MAX_WIDTH, PIXELS
 
 READ, REFUSED = "read", "refused"
 
@@ -162,7 +166,7 @@ def one_by_one_png() -> bytes:
 # the catalogue
 
 BOMB_SIZE = 30_000  # 30000 x 30000 = 900 megapixels: over PIL's own bomb limit, and over ours
-OVER_PIXELS_SIZE = 8_000  # 64 megapixels: under PIL's limit, over the served 50 megapixels
+OVER_PIXELS_SIZE = 8_000  # 64 megapixels: under PIL's limit, over the served MAX_PIXELS (50 megapixels)
 
 
 def bad_cases(jpeg: bytes, rng: random.Random | None = None) -> list[Case]:
@@ -250,34 +254,35 @@ class WrongTensor:
         return inp
 
 
-def wrong_tensors(jpeg: bytes, height: int = 32, max_width: int = 1024, max_batch: int = 64) -> list[WrongTensor]:
+def wrong_tensors(jpeg: bytes, height: int = 32, max_width: int = MAX_WIDTH, max_batch: int = 64) -> list[WrongTensor]:
     """Wrong dtype, shape, name, empty batch: to the ensemble, and to ``crnn`` directly."""
     f32 = np.float32
     one = np.array([[jpeg]], dtype=np.object_)
+    E, C, IB, PX = ENSEMBLE, CRNN, IMAGE_BYTES, PIXELS
     return [
-        WrongTensor("htr_empty_batch", "htr", "IMAGE_BYTES", np.zeros((0, 1), np.object_), "BYTES",
-                    r"expected 1 string elements for inference input 'IMAGE_BYTES' for model 'htr', got 0"),
-        WrongTensor("htr_fp32", "htr", "IMAGE_BYTES", np.zeros((1, 1), f32), "FP32",
-                    r"data-type is 'FP32', but model 'htr' expects 'BYTES'"),
-        WrongTensor("htr_1d", "htr", "IMAGE_BYTES", one.reshape(1), "BYTES",
-                    r"unexpected shape for input 'IMAGE_BYTES'"),
-        WrongTensor("htr_wrong_name", "htr", "IMAGES", one, "BYTES", r"unexpected inference input 'IMAGES'"),
-        WrongTensor("crnn_fp64", "crnn", "PIXELS", np.zeros((1, 1, height, 64)), "FP64",
-                    r"data-type is 'FP64', but model 'crnn' expects 'FP32'"),
-        WrongTensor("crnn_int8", "crnn", "PIXELS", np.zeros((1, 1, height, 64), np.int8), "INT8",
-                    r"data-type is 'INT8', but model 'crnn' expects 'FP32'"),
-        WrongTensor("crnn_height_7", "crnn", "PIXELS", np.zeros((1, 1, 7, 64), f32), "FP32",
-                    r"unexpected shape for input 'PIXELS'.*got \[1,1,7,64\]"),
-        WrongTensor("crnn_3_channels", "crnn", "PIXELS", np.zeros((1, 3, height, 64), f32), "FP32",
-                    rf"unexpected shape for input 'PIXELS'.*got \[1,3,{height},64\]"),
-        WrongTensor("crnn_2d", "crnn", "PIXELS", np.zeros((1, height), f32), "FP32",
-                    rf"unexpected shape for input 'PIXELS'.*got \[1,{height}\]"),
-        WrongTensor("crnn_width_2", "crnn", "PIXELS", np.zeros((1, 1, height, 2), f32), "FP32",
-                    r"PIXELS width 2 is below the minimum of 4"),
-        WrongTensor("crnn_width_over_max", "crnn", "PIXELS", np.zeros((1, 1, height, max_width + 4), f32), "FP32",
-                    rf"PIXELS width {max_width + 4} is over the limit of {max_width}"),
-        WrongTensor("crnn_batch_over_max", "crnn", "PIXELS", np.zeros((max_batch + 1, 1, height, 8), f32), "FP32",
+        WrongTensor("htr_empty_batch", E, IB, np.zeros((0, 1), np.object_), "BYTES",
+                    rf"expected 1 string elements for inference input '{IB}' for model '{E}', got 0"),
+        WrongTensor("htr_fp32", E, IB, np.zeros((1, 1), f32), "FP32",
+                    rf"data-type is 'FP32', but model '{E}' expects 'BYTES'"),
+        WrongTensor("htr_1d", E, IB, one.reshape(1), "BYTES",
+                    rf"unexpected shape for input '{IB}'"),
+        WrongTensor("htr_wrong_name", E, "IMAGES", one, "BYTES", r"unexpected inference input 'IMAGES'"),
+        WrongTensor("crnn_fp64", C, PX, np.zeros((1, 1, height, 64)), "FP64",
+                    rf"data-type is 'FP64', but model '{C}' expects 'FP32'"),
+        WrongTensor("crnn_int8", C, PX, np.zeros((1, 1, height, 64), np.int8), "INT8",
+                    rf"data-type is 'INT8', but model '{C}' expects 'FP32'"),
+        WrongTensor("crnn_height_7", C, PX, np.zeros((1, 1, 7, 64), f32), "FP32",
+                    rf"unexpected shape for input '{PX}'.*got \[1,1,7,64\]"),
+        WrongTensor("crnn_3_channels", C, PX, np.zeros((1, 3, height, 64), f32), "FP32",
+                    rf"unexpected shape for input '{PX}'.*got \[1,3,{height},64\]"),
+        WrongTensor("crnn_2d", C, PX, np.zeros((1, height), f32), "FP32",
+                    rf"unexpected shape for input '{PX}'.*got \[1,{height}\]"),
+        WrongTensor("crnn_width_2", C, PX, np.zeros((1, 1, height, 2), f32), "FP32",
+                    rf"{PX} width 2 is below the minimum of 4"),
+        WrongTensor("crnn_width_over_max", C, PX, np.zeros((1, 1, height, max_width + 4), f32), "FP32",
+                    rf"{PX} width {max_width + 4} is over the limit of {max_width}"),
+        WrongTensor("crnn_batch_over_max", C, PX, np.zeros((max_batch + 1, 1, height, 8), f32), "FP32",
                     rf"batch-size must be <= {max_batch}"),
-        WrongTensor("crnn_empty_batch", "crnn", "PIXELS", np.zeros((0, 1, height, 64), f32), "FP32",
-                    r"input byte size mismatch for input 'PIXELS'"),
+        WrongTensor("crnn_empty_batch", C, PX, np.zeros((0, 1, height, 64), f32), "FP32",
+                    rf"input byte size mismatch for input '{PX}'"),
     ]

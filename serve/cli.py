@@ -1,0 +1,230 @@
+"""``htr serve``: run NVIDIA Triton on the model repository, in the foreground.
+
+Example::
+
+    htr serve                              # model_repository/ on 127.0.0.1: HTTP 8000, gRPC 8001, metrics 8002
+    htr serve --address 0.0.0.0            # reachable from other machines (no authentication: firewall it)
+    htr serve --model-control none         # load once, no repository API use (no ensemble drain, no healing)
+
+    # hot-load a new version (explicit mode): copy crnn/2/ into the repository, then
+    curl -X POST -H "htr-admin-key: $(cat /tmp/.../tritonserver.admin-key)" \\
+         http://127.0.0.1:8000/v2/repository/models/crnn/load
+
+The server is the ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel. Every endpoint binds to
+``--address``, loopback by default. Triton has no authentication for inference, so ``--address 0.0.0.0``
+lets anyone who can reach the port run the models: expose it only behind a firewall or an authenticating
+proxy (which should also cap request bodies: Triton 2.51 has no HTTP body-size limit of its own). The APIs
+that change the server (model repository load/unload, trace, logging; off loopback also system shared
+memory) answer only requests with the header ``htr-admin-key``; the key is ``$HTR_ADMIN_KEY`` or random,
+written to ``--admin-key-file`` (mode 0600), never printed.
+
+``htr serve`` waits until ``/v2/health/ready`` answers 200, prints the endpoints, then streams the
+server log. Ctrl-C or SIGTERM forwards SIGTERM to tritonserver, which finishes in-flight requests
+(up to ``--drain-timeout``) before it exits; a second signal, or a server still running
+``--drain-timeout`` + 10 s later, gets SIGKILL. Ensemble requests need ``--model-control explicit``
+for this: tritonserver's own drain stops every model's scheduler at once, so an ensemble request in
+flight fails at its next step; in explicit mode the ensembles are unloaded first, which lets the requests
+inside them finish (new ones are refused as for an unknown model), then SIGTERM follows. Exit status: 0
+after a clean stop, 1 when the server failed to start, died, or had to be killed, 2 when it could not be
+started at all (missing repository, port in use, missing system library).
+
+Triton 2.51 does not restart a python-backend stub that died (triton-inference-server/server#7347):
+``--heal-stubs`` (on by default with ``--model-control explicit`` or ``poll``) reloads such a model, and
+clients retry the requests that failed meanwhile. Once requests reached the dead instance, the next stop
+waits out ``--drain-timeout`` and tritonserver exits 1.
+
+This module is the command line only; the library is :mod:`htr.serve` (``TritonServer``, ``ServerOptions``).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from htr.paths import ROOT
+
+from .errors import ServerError
+from .server import ADMIN_HEADER, MODEL_CONTROL_MODES, ServerOptions, TritonServer, is_loopback
+
+DEFAULT_REPOSITORY = ROOT / "model_repository"
+_DEFAULTS = ServerOptions()
+
+EXPOSE_NOTE = (
+    "Endpoints bind to --address (loopback by default). To accept other machines use --address 0.0.0.0; "
+    "WARNING: Triton has no authentication for inference, so anyone who reaches the ports can run the "
+    "models: firewall it or put an authenticating proxy (with a request-body size cap) in front. The "
+    "model-repository (load/unload), trace and logging APIs always need the header "
+    "'htr-admin-key: <key>' (the key is in --admin-key-file); off loopback the shared-memory API needs it too."
+)
+
+
+def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
+    p = sub.add_parser("serve", help="run Triton on the model repository (foreground, loopback by default)",
+                       description=__doc__, epilog=EXPOSE_NOTE, formatter_class=formatter_class)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="Triton model repository")
+    p.add_argument("--address", default=_DEFAULTS.address,
+                   help="address HTTP, gRPC and metrics bind to; 0.0.0.0 exposes them (no authentication)")
+    p.add_argument("--http-port", type=int, default=_DEFAULTS.http_port, help="HTTP/REST (KServe v2) port")
+    p.add_argument("--grpc-port", type=int, default=_DEFAULTS.grpc_port, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=_DEFAULTS.metrics_port,
+                   help="Prometheus metrics port (/metrics)")
+    p.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="explicit",
+                   help="explicit: every model loads at start, then load/unload through the (key-protected) "
+                        "repository API, which also gives a clean drain on SIGTERM and stub healing; "
+                        "poll: follow repository changes; none: load everything once, no reloads")
+    p.add_argument("--poll-interval", type=int, default=_DEFAULTS.poll_interval,
+                   help="seconds between repository polls (poll mode)")
+    p.add_argument("--heal-stubs", action=argparse.BooleanOptionalAction, default=None,
+                   help="reload a python-backend model whose stub process died (Triton 2.51 does not restart it); "
+                        "default: on with --model-control explicit or poll")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="where the key of the restricted APIs (header htr-admin-key) is written, mode 0600; "
+                        "the key is $HTR_ADMIN_KEY or random (None: beside the log file)")
+    p.add_argument("--log-verbose", type=int, default=_DEFAULTS.log_verbose, help="tritonserver verbose log level")
+    p.add_argument("--log-file", type=Path, default=None, help="server log file (None: a new temporary file, kept)")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for /v2/health/ready")
+    p.add_argument("--drain-timeout", type=int, default=_DEFAULTS.exit_timeout,
+                   help="seconds tritonserver waits for in-flight requests on shutdown (SIGKILL 10 s later)")
+    p.add_argument("--tritonserver", type=Path, default=None,
+                   help="tritonserver executable (None: the one bundled in nvidia-pytriton)")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], metavar="ARG",
+                   help="everything after it goes to tritonserver unchanged (so it comes last)")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args) -> ServerOptions:
+    """The :class:`ServerOptions` an ``htr serve`` command line asks for (ValueError when they conflict)."""
+    heal = args.model_control != "none" if args.heal_stubs is None else args.heal_stubs
+    return ServerOptions(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                         address=args.address, model_control=args.model_control, poll_interval=args.poll_interval,
+                         heal_stubs=heal, on_heal=_say, exit_timeout=args.drain_timeout, log_file=args.log_file,
+                         log_verbose=args.log_verbose, extra_args=tuple(args.extra), tritonserver=args.tritonserver)
+
+
+class _LogFollower:
+    """Copies whole new lines of a growing log file to stdout."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "rb")
+        self._partial = b""
+
+    def pump(self, final: bool = False) -> None:
+        data = self._partial + self._f.read()
+        if final:
+            cut = len(data)
+        else:
+            cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if cut:
+            sys.stdout.buffer.write(data[:cut])
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self.pump(final=True)
+        self._f.close()
+
+
+def _say(msg: str, err: bool = False) -> None:
+    print(f"htr serve: {msg}", file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def run(args) -> int:
+    try:
+        server = TritonServer(args.repository, options_from_args(args))
+    except ValueError as e:
+        _say(f"error: {e}", err=True)
+        return 2
+    signals: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: signals.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.spawn()
+        except ServerError as e:
+            _say(f"error: {e}", err=True)
+            return 2
+        _say("command: " + subprocess.list2cmdline(server.command(redact=True)))
+        _say(f"log: {server.log_path}")
+        key_file = args.admin_key_file or server.log_path.with_name(server.log_path.stem + ".admin-key")
+        key_file.touch(mode=0o600)
+        key_file.chmod(0o600)
+        key_file.write_text(server.admin_key + "\n")
+        _say(f"model-repository/trace/logging APIs need the header '{ADMIN_HEADER}: <key in {key_file}>'")
+        if is_loopback(server.address):
+            _say("loopback only; --address 0.0.0.0 exposes it to other machines (no authentication)")
+        else:
+            _say(f"WARNING: listening on {server.address} without authentication; firewall these ports")
+        log = _LogFollower(server.log_path)
+        try:
+            return _serve(server, log, signals, args)
+        finally:
+            log.close()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _serve(server: TritonServer, log: _LogFollower, signals: list[int], args) -> int:
+    last = [0.0]
+
+    def progress(elapsed: float) -> None:
+        log.pump()
+        if signals:
+            raise KeyboardInterrupt
+        if elapsed - last[0] >= 5:
+            last[0] = elapsed
+            _say(f"waiting for {server.url_http}/v2/health/ready ({elapsed:.0f} s of {args.ready_timeout:g})")
+
+    try:
+        seconds = server.wait_ready(args.ready_timeout, progress)
+    except ServerError as e:
+        log.pump()
+        _say(f"error: {e}", err=True)
+        _shutdown(server, log, signals)
+        return 1
+    except KeyboardInterrupt:
+        _say(f"{signal.Signals(signals[0]).name} before the server was ready")
+        return _shutdown(server, log, signals)
+    log.pump()
+    _say(f"ready in {seconds:.1f} s (pid {server.pid})")
+    _say(f"HTTP     {server.url_http}   (health: {server.url_http}/v2/health/ready)")
+    _say(f"gRPC     {server.url_grpc}")
+    _say(f"metrics  {server.url_metrics}")
+    _say("Ctrl-C or SIGTERM stops it (in-flight requests finish first)")
+    while not signals:
+        log.pump()
+        rc = server.returncode
+        if rc is not None:
+            log.pump()
+            _say(f"error: tritonserver exited on its own with status {rc}", err=True)
+            return 1
+        time.sleep(0.2)
+    _say(f"{signal.Signals(signals[0]).name}: stopping tritonserver")
+    return _shutdown(server, log, signals)
+
+
+def _shutdown(server: TritonServer, log: _LogFollower, signals: list[int]) -> int:
+    """Forward SIGTERM, stream the log while it drains; SIGKILL on a second signal or after the timeout."""
+    first = len(signals)
+    server.terminate()
+    deadline = time.monotonic() + server.exit_timeout + 10
+    while server.returncode is None:
+        log.pump()
+        if len(signals) > first or time.monotonic() > deadline:
+            _say("killing tritonserver (SIGKILL)", err=True)
+            server.kill()
+            break
+        time.sleep(0.2)
+    rc = server.stop(timeout=5)
+    log.pump()
+    if server.killed:
+        _say(f"tritonserver killed (status {rc})", err=True)
+        return 1
+    if rc != 0:
+        _say(f"tritonserver exited with status {rc}", err=True)
+        return 1
+    _say("tritonserver stopped cleanly (status 0)")
+    return 0
