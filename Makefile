@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+PERF_VENV ?= .venv-perf
+# extra bench/perf.py options for `make perf`, e.g. PERF_ARGS="--concurrency 1,4 --measurement-interval 2000"
+PERF_ARGS ?=
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install build test test-fast demo bench serve repository loadtest dashboards clean help
+.PHONY: install build test test-fast demo bench perf serve repository loadtest dashboards clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +29,16 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt requirements-dev.t
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -r requirements-fonts.txt
 	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+# perf_analyzer in its own venv (requirements-perf.txt says why); the binary also links Debian's libb64
+$(PERF_VENV)/.installed: requirements-perf.txt
+	@ldconfig -p | grep -q 'libb64\.so\.0d' || dpkg -s libb64-0d >/dev/null 2>&1 || { \
+	  echo "installing libb64-0d: perf_analyzer links libb64.so.0d, which this machine lacks"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null; }
+	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip install -q --upgrade pip==24.3.1
+	$(PERF_VENV)/bin/python -m pip install -q -r requirements-perf.txt
 	touch $@
 
 install: $(VENV)/.installed build  ## venv + pinned requirements + editable install (builds the Cython extension)
@@ -47,6 +60,10 @@ bench: install  ## timing goals (see BENCHMARKS.md)
 	$(PY) bench/preprocess_bench.py --data $(HTR_DATA)
 	$(PY) bench/decode_bench.py
 	$(PY) bench/serving_bench.py --data $(HTR_DATA)
+
+perf: repository $(PERF_VENV)/.installed  ## perf_analyzer sweep (ensemble + crnn) vs ONNX Runtime and matmul; CSVs in bench/results/perf/
+	$(PY) bench/perf.py --repository model_repository --perf-venv $(PERF_VENV) --data $(HTR_DATA) \
+	  --json bench/results/perf/perf.json $(PERF_ARGS)
 
 repository: install  ## build model_repository/ (CPU variant) from models/crnn_names.pt
 	$(PY) export/build_engine.py --checkpoint models/crnn_names.pt --repository model_repository --data $(HTR_DATA)

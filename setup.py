@@ -13,7 +13,7 @@ Two distributions come from this one file:
 
 - ``htr-triton`` (default): everything above, with the ``htr`` command.
 - ``htr-triton-runtime`` (``HTR_DIST=runtime pip install .``): the serving runtime set, what a Triton
-  python-backend stage imports and nothing more: ``htr.config``, ``htr.decoding``, ``htr.preprocess`` (the
+  python-backend stage imports and nothing more: ``htr.config``, ``htr.ctc_decoder``, ``htr.preprocess`` (the
   kernels) and ``htr.runtime`` (contract, stage helper, Prometheus metrics). Torch-free; its third-party
   needs are ``requirements-runtime.txt``. The Triton image installs exactly this, and
   ``tests/test_runtime.py`` serves the stages from a clean virtual environment holding only it.
@@ -39,7 +39,7 @@ PACKAGE_ROOTS = {"htr": "htr", "preprocess": "htr.preprocess", "runtime": "htr.r
 # The serving runtime set (HTR_DIST=runtime): these packages, and of the top-level ``htr`` package only these
 # modules. Anything a served stage imports must be listed here; tests/test_runtime.py fails otherwise.
 RUNTIME_PACKAGES = ("htr", "htr.preprocess", "htr.runtime")
-RUNTIME_HTR_MODULES = ("__init__", "config", "decoding")
+RUNTIME_HTR_MODULES = ("__init__", "config", "ctc_decoder")
 RUNTIME = os.environ.get("HTR_DIST", "").strip() == "runtime"
 
 

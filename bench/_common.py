@@ -74,3 +74,12 @@ def write_json(path: str | None, payload: dict) -> None:
 def goal_line(name: str, ratio: float, goal: float) -> tuple[str, bool]:
     ok = ratio >= goal
     return f"| {name} | {ratio:.2f}x | >= {goal:g}x | {'PASS' if ok else 'FAIL'} |", ok
+
+
+def comma_list(ap, value: str, choices, what: str) -> list[str]:
+    """``value`` split at commas, each one of ``choices``; anything else is ``ap.error`` naming ``what``."""
+    items = [v for v in value.split(",") if v]
+    unknown = set(items) - set(choices)
+    if unknown:
+        ap.error(f"unknown {what} {sorted(unknown)}; choose from {', '.join(choices)}")
+    return items

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         try:
-            build_repository(args.checkpoint, tmp / "repo", options=RepositoryOptions(torch_threads=args.torch_threads),
+            build_repository(args.checkpoint, tmp / "repo", options=RepositoryOptions(cpu_engine="torchscript",
+                                                                                          crnn_threads=args.torch_threads),
                              formats="torchscript", engines_dir=tmp / "engines", data=args.data, parity_images=8)
         except ExportError as e:
             sys.exit(f"error: {e}")

@@ -3,19 +3,10 @@
 Starts its own tritonserver (``htr.serve.TritonServer``, the code behind ``htr serve``) on free loopback
 ports, on ``--repository`` or, by default, on a repository built into a temporary folder by
 ``export/build_engine.py --formats torchscript``. ``--threads`` client threads, each with its own gRPC and
-HTTP connection, send ``--requests`` requests (after ``--warmup`` more), each of a random category:
+HTTP connection, send ``--requests`` requests (after ``--warmup`` more), each of a random category
+(described once, in :mod:`htr.testing.serving_fuzz`):
 
-  good          1-8 real labelled images; each must get the offline model's text
-  mixed         real images with bad and odd items between them (htr.testing.bad_inputs): bad items get
-                their error, good ones their offline text, odd ones are read
-  bad           only refused items (random bytes, truncated JPEG, 0 bytes, a file path as bytes, bit flips)
-  odd           1x1, 16-bit, palette, CMYK, grey + alpha: read, with the offline model's text
-  bomb          the 30000 x 30000 PNG and a 64-megapixel one (refused from the header) beside a real image
-  large         JPEGs whose header announces 1-20 megapixels (allowed; decoded in full) beside a real image
-  wrong_tensor  wrong dtype / shape / name / empty batch to the ensemble or to ``crnn``: a clear error
-  pixels        valid pixels straight to ``crnn``: log-probabilities of the right shape
-  http_garbage  a raw HTTP POST of random bytes: an HTTP error with a JSON reason
-  over_size     items under the per-image limit that add up to over ``max_request_bytes``: refused whole
+{categories}
 
 The warm-up sends every category over both protocols first, so that buffers Triton and the stubs keep
 (a 75 MB request grows them once) are in the baseline. Then it reports, prints and writes to ``--json``:
@@ -49,17 +40,24 @@ import shlex
 import sys
 from pathlib import Path
 
-from _common import machine, require_data, stamp, write_json
+from _common import comma_list, machine, require_data, stamp, write_json
 
 from htr.paths import ROOT, default_data_dir
 from htr.testing.load import say
+from htr.testing import serving_fuzz
 from htr.testing.serving_fuzz import CATEGORIES, FuzzError, FuzzOptions, run
 
 RESULTS = ROOT / "bench" / "results" / "fuzz.json"
 
 
+def _categories() -> str:
+    """The category table of :mod:`htr.testing.serving_fuzz`'s docstring, for ``--help``."""
+    doc = serving_fuzz.__doc__
+    return doc[doc.index("  good "):doc.index("\n\n", doc.index("  good "))]
+
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python bench/fuzz.py", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python bench/fuzz.py", description=__doc__.format(categories=_categories()),
                                  formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter,
                                                             argparse.RawDescriptionHelpFormatter), {}))
     ap.add_argument("--requests", type=int, default=10_000, help="requests after the warm-up")
@@ -84,10 +82,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", default=str(RESULTS), help="write the results here ('' to skip)")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
-    args.exclude = [c for c in args.exclude.split(",") if c]
-    unknown = set(args.exclude) - set(CATEGORIES)
-    if unknown:
-        ap.error(f"unknown categories {sorted(unknown)}; choose from {', '.join(CATEGORIES)}")
+    args.exclude = comma_list(ap, args.exclude, CATEGORIES, "categories")
     return args
 
 

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import machine, stamp, write_json
+from _common import comma_list, machine, stamp, write_json
 
 from htr.paths import ROOT
 from htr.testing.fuzz_targets import TARGETS, run_target
@@ -41,10 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-len", type=int, default=4096, help="largest input libFuzzer generates (bytes)")
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args(argv)
-    args.targets = [t for t in args.targets.split(",") if t]
-    unknown = set(args.targets) - set(TARGETS)
-    if unknown:
-        ap.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    args.targets = comma_list(ap, args.targets, TARGETS, "targets")
     return args
 
 

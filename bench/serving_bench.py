@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in ("on", "off"):
-            options = RepositoryOptions(torch_threads=args.torch_threads, preprocess_instances=1,
+            options = RepositoryOptions(cpu_engine="torchscript", crnn_threads=args.torch_threads, preprocess_instances=1,
                                         queue_delay_us=args.queue_delay_us, dynamic_batching=name == "on")
             build_repository(args.checkpoint, tmp / name, options=options, formats="torchscript",
                              engines_dir=tmp / "engines", data=args.data, parity_images=8)

@@ -164,7 +164,7 @@ class ClientPreprocess:
         from tritonclient.utils import triton_to_np_dtype
 
         self.dtype = np.dtype(triton_to_np_dtype(self.datatype))
-        from htr.decoding import CTCDecoder
+        from htr.ctc_decoder import CTCDecoder
 
         self.codec, self.threads = CTCDecoder(self.cfg, decoder, beam_width, lexicon), threads
         ic = self.cfg.input

@@ -3,8 +3,12 @@ and write the Triton model repository.
 
 Examples::
 
-    # CPU host (the bundled tritonserver): TorchScript served by the python backend
+    # CPU host (the bundled tritonserver): ONNX Runtime in the python backend, INT8 where it keeps accuracy
     python export/build_engine.py --checkpoint models/crnn_names.pt --repository model_repository --target cpu
+
+    # the same with TorchScript (to compare engines), or ONNX Runtime in FP32
+    python export/build_engine.py --cpu-engine torchscript --formats torchscript
+    python export/build_engine.py --precision fp32 --formats onnx
 
     # GPU host (official Triton image): a TensorRT FP16 plan, batch 1-64, width 32-1024
     python export/build_engine.py --checkpoint models/crnn_names.pt --repository model_repository_gpu \\
@@ -23,6 +27,10 @@ gets a clear error and the server keeps serving. Triton 2.51 itself has no HTTP 
 messages may reach 2 GB), so these checks run on requests already received: where untrusted clients can
 reach the server, cap the body size in a reverse proxy in front of it (nginx ``client_max_body_size 64m;``).
 
+Threads: by default the thread plan of ``htr.threads`` for the cores this process may use (never more
+compute threads than cores: preprocess 1 x 1, crnn 1 x (cores - 1) intra-op threads, at least 1); the flags
+below override each number, and the build prints the plan it wrote.
+
 ``htr export`` is this same command. Both are a thin shell over ``htr.export.build.build_repository``,
 which tests and tools call directly.
 """
@@ -32,7 +40,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from htr.export.build import ALL_FORMATS, DEFAULT_ENGINES, ExportError, ExportUsageError, build_repository
+from htr.export.build import (
+    ALL_FORMATS, DEFAULT_ENGINES, PRECISIONS, ExportError, ExportUsageError, build_repository,
+)
 from htr.export.repository import RepositoryOptions
 from htr.paths import ROOT, default_data_dir
 from htr.runtime.contract import MAX_BYTES, MAX_PIXELS, MAX_REQUEST_BYTES, MAX_WIDTH
@@ -47,7 +57,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "crnn_names.pt", help="CRNN checkpoint")
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository", help="Triton model repository to write")
     ap.add_argument("--target", choices=["cpu", "gpu"], default="cpu",
-                    help="cpu: crnn as python-backend TorchScript; gpu: crnn on a GPU backend (--gpu-engine)")
+                    help="cpu: crnn in the python backend (--cpu-engine); gpu: crnn on a GPU backend (--gpu-engine)")
+    ap.add_argument("--cpu-engine", choices=["onnxruntime", "torchscript"], default="onnxruntime",
+                    help="which engine runs crnn with --target cpu")
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="of the CPU ONNX Runtime crnn: auto = INT8 when it reads the eval split within 0.5 pt exact "
+                         "/ 0.3 pt CER of FP32, else FP32; int8 fails the build (exit 1) outside that gate")
     ap.add_argument("--gpu-engine", choices=["tensorrt", "onnxruntime", "libtorch"], default="tensorrt",
                     help="which engine serves crnn with --target gpu")
     ap.add_argument("--formats", default=None,
@@ -64,11 +79,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--decoder", choices=["greedy", "beam"], default="greedy", help="ctc_decode's decoder")
     ap.add_argument("--beam-width", type=int, default=10)
     ap.add_argument("--lexicon", type=Path, default=None, help="one allowed string per line: lexicon beam search")
-    ap.add_argument("--preprocess-instances", type=int, default=2)
-    ap.add_argument("--crnn-instances", type=int, default=1)
-    ap.add_argument("--decode-instances", type=int, default=1)
-    ap.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of each CPU crnn instance")
-    ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching max queue delay")
+    plan = RepositoryOptions()  # the thread plan's defaults for this machine (htr.threads)
+    ap.add_argument("--preprocess-instances", type=int, default=plan.preprocess_instances)
+    ap.add_argument("--preprocess-threads", type=int, default=plan.preprocess_threads,
+                    help="kernel threads of each preprocess instance")
+    ap.add_argument("--crnn-instances", type=int, default=plan.crnn_instances)
+    ap.add_argument("--crnn-threads", "--torch-threads", dest="crnn_threads", type=int, default=plan.crnn_threads,
+                    help="intra-op threads of each CPU crnn instance (ONNX Runtime or torch)")
+    ap.add_argument("--decode-instances", type=int, default=plan.decode_instances)
+    ap.add_argument("--queue-delay-us", type=int, default=plan.queue_delay_us,
+                    help="dynamic batching max queue delay of preprocess and ctc_decode (0: never wait for company)")
+    ap.add_argument("--crnn-queue-delay-us", type=int, default=plan.crnn_queue_delay_us,
+                    help="dynamic batching max queue delay of crnn")
     ap.add_argument("--no-dynamic-batching", action="store_true",
                     help="leave dynamic batching off (only to measure what it buys)")
     ap.add_argument("--max-bytes", type=int, default=MAX_BYTES,
@@ -103,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
     """One call to ``build_repository``: 0 when the repository was written, 2 for a contradictory request,
     1 when an engine does not match PyTorch or a requested format cannot be built here."""
     options = RepositoryOptions(
-        target=args.target, gpu_engine=args.gpu_engine, preprocess_instances=args.preprocess_instances,
-        crnn_instances=args.crnn_instances, decode_instances=args.decode_instances, torch_threads=args.torch_threads,
-        queue_delay_us=args.queue_delay_us, dynamic_batching=not args.no_dynamic_batching, decoder=args.decoder,
+        target=args.target, gpu_engine=args.gpu_engine, cpu_engine=args.cpu_engine,
+        preprocess_instances=args.preprocess_instances, preprocess_threads=args.preprocess_threads,
+        crnn_instances=args.crnn_instances, decode_instances=args.decode_instances, crnn_threads=args.crnn_threads,
+        queue_delay_us=args.queue_delay_us, crnn_queue_delay_us=args.crnn_queue_delay_us,
+        dynamic_batching=not args.no_dynamic_batching, decoder=args.decoder,
         beam_width=args.beam_width, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
         max_request_bytes=args.max_request_bytes, version=args.version,
     )
@@ -114,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         build_repository(args.checkpoint, args.repository, options=options, formats=args.formats,
                          engines_dir=args.engines, data=args.data, parity_images=args.parity_images, fp16=args.fp16,
-                         opset=args.opset, shapes=shapes, lexicon=args.lexicon, progress=print)
+                         opset=args.opset, shapes=shapes, lexicon=args.lexicon, precision=args.precision,
+                         progress=print)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ExportUsageError) else 1

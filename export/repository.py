@@ -2,8 +2,9 @@
 
 Both variants come from this one generator:
 
-- ``target="cpu"``: ``crnn`` is a python-backend model running the TorchScript file on CPU (what the
-  bundled ``tritonserver`` of nvidia-pytriton can serve: it has the python backend only);
+- ``target="cpu"``: ``crnn`` is a python-backend model on CPU (what the bundled ``tritonserver`` of
+  nvidia-pytriton can serve: it has the python backend only), running the ONNX file in ONNX Runtime
+  (``cpu_engine="onnxruntime"``, FP32 or static INT8) or the TorchScript file (``cpu_engine="torchscript"``);
 - ``target="gpu"``: ``crnn`` uses the official image's ``tensorrt_plan`` (default), ``onnxruntime_onnx``
   or ``pytorch_libtorch`` backend on the GPU.
 
@@ -38,6 +39,8 @@ from htr.runtime.contract import (
     MAX_REQUEST_BYTES, PIXELS, PREPROCESS, SITE_PACKAGES_ENV, TEXT,
 )
 
+from htr.threads import thread_plan
+
 from .engines import Shapes
 
 TEMPLATES = Path(__file__).resolve().parent / "triton_models"
@@ -48,6 +51,12 @@ GPU_BACKENDS = {
     "libtorch": ("pytorch_libtorch", "model.pt", f"{PIXELS}__0", f"{LOGPROBS}__0"),  # libtorch naming rule
 }
 DECODE = CTC_DECODE
+CPU_ENGINES = {
+    # cpu_engine -> (model.py template, served file)
+    "onnxruntime": ("crnn_onnxruntime.py", "model.onnx"),
+    "torchscript": ("crnn_torchscript.py", "model.pt"),
+}
+_PLAN = thread_plan()  # this machine's default (htr.threads): instances and threads of each stage
 
 # The first lines of every python-backend model.py, prepended by install_model_py: the stub embeds the
 # system libpython and ignores PYTHONPATH (os.environ does reach it), so the server passes the site-packages
@@ -69,13 +78,19 @@ for _path in os.environ.get("{SITE_PACKAGES_ENV}", "").split(os.pathsep):
 class RepositoryOptions:
     target: str = "cpu"  # cpu | gpu
     gpu_engine: str = "tensorrt"  # tensorrt | onnxruntime | libtorch (target gpu)
+    cpu_engine: str = "onnxruntime"  # onnxruntime | torchscript (target cpu)
+    precision: str = "fp32"  # of the served ONNX file (cpu onnxruntime): fp32 | int8, as export/build.py chose
     shapes: Shapes = field(default_factory=Shapes)
-    preprocess_instances: int = 2
-    crnn_instances: int = 1
-    decode_instances: int = 1
-    preprocess_threads: int = 1
-    torch_threads: int = 1
-    queue_delay_us: int = 2000
+    # the thread plan (htr.threads): never more compute threads than cores, by default
+    preprocess_instances: int = _PLAN.preprocess_instances
+    crnn_instances: int = _PLAN.crnn_instances
+    decode_instances: int = _PLAN.decode_instances
+    preprocess_threads: int = _PLAN.preprocess_threads
+    crnn_threads: int = _PLAN.crnn_threads  # intra-op threads of each CPU crnn instance (either engine)
+    # dynamic batching: 0 = no waiting; under load the queue fills while the stage is busy, so batches form
+    # anyway ("batching by backpressure"), and a lone request is never held back for company
+    queue_delay_us: int = 0  # preprocess and ctc_decode
+    crnn_queue_delay_us: int = 0
     dynamic_batching: bool = True  # off only to measure what it buys (bench/serving_bench.py)
     decoder: str = "greedy"  # greedy | beam
     beam_width: int = 10
@@ -85,10 +100,13 @@ class RepositoryOptions:
     max_request_bytes: int = MAX_REQUEST_BYTES  # all encoded images of one request together
     version: int = 1
 
-
-def _preferred(max_batch: int) -> list[int]:
-    sizes = [s for s in (8, 16, 32, 64, 128) if s <= max_batch]
-    return sizes or [max_batch]
+    def __post_init__(self) -> None:
+        if self.cpu_engine not in CPU_ENGINES:
+            raise ValueError(f"cpu_engine must be one of {sorted(CPU_ENGINES)}, got {self.cpu_engine!r}")
+        if self.precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be 'fp32' or 'int8', got {self.precision!r}")
+        if self.precision == "int8" and self.cpu_engine != "onnxruntime":
+            raise ValueError("precision 'int8' is served by cpu_engine 'onnxruntime' only")
 
 
 def _base(name: str, cfg: HTRConfig, opts: RepositoryOptions, kind: int, count: int, delay_us: int) -> mc.ModelConfig:
@@ -96,7 +114,8 @@ def _base(name: str, cfg: HTRConfig, opts: RepositoryOptions, kind: int, count: 
     c.version_policy.latest.num_versions = 1
     c.instance_group.add(kind=kind, count=count)
     if opts.dynamic_batching:
-        c.dynamic_batching.preferred_batch_size.extend(_preferred(opts.shapes.max_batch))
+        # no preferred sizes: the batcher takes what is queued (up to max_batch_size) as soon as an instance
+        # is free, waiting at most delay_us for more; preferred sizes would hold a lone request back
         c.dynamic_batching.max_queue_delay_microseconds = delay_us
     c.parameters[CONFIG_KEY].string_value = cfg.to_json()
     return c
@@ -129,7 +148,7 @@ def preprocess_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig
 def crnn_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     gpu = opts.target == "gpu"
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    c = _base(CRNN, cfg, opts, kind, opts.crnn_instances, opts.queue_delay_us)
+    c = _base(CRNN, cfg, opts, kind, opts.crnn_instances, opts.crnn_queue_delay_us)
     if gpu:
         platform, filename, in_name, out_name = GPU_BACKENDS[opts.gpu_engine]
         c.platform = platform
@@ -137,8 +156,13 @@ def crnn_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     else:
         c.backend = "python"
         in_name, out_name = PIXELS, LOGPROBS
-        c.parameters["model_file"].string_value = "model.pt"
-        c.parameters["torch_threads"].string_value = str(opts.torch_threads)
+        c.parameters["engine"].string_value = opts.cpu_engine
+        c.parameters["model_file"].string_value = CPU_ENGINES[opts.cpu_engine][1]
+        if opts.cpu_engine == "onnxruntime":
+            c.parameters["precision"].string_value = opts.precision
+            c.parameters["intra_op_threads"].string_value = str(opts.crnn_threads)
+        else:
+            c.parameters["torch_threads"].string_value = str(opts.crnn_threads)
         c.parameters["max_width"].string_value = str(opts.shapes.max_width)
     _tensor(c.input, in_name, mc.TYPE_FP32, [1, cfg.input.height, -1])
     _tensor(c.output, out_name, mc.TYPE_FP32, [-1, cfg.num_classes])
@@ -215,8 +239,9 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
 
 
 def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_artifact: Path) -> Path:
-    """(Re)write the four models under ``root``; ``crnn_artifact`` is the TorchScript file (cpu) or the
-    engine file for ``opts.gpu_engine`` (gpu). Other content of ``root`` is left alone."""
+    """(Re)write the four models under ``root``; ``crnn_artifact`` is the file ``opts.cpu_engine`` serves (cpu:
+    the ONNX file, FP32 or INT8, or the TorchScript file) or the engine file for ``opts.gpu_engine`` (gpu).
+    Other content of ``root`` is left alone."""
     root = Path(root)
     v = str(opts.version)
     for name in (ENSEMBLE, PREPROCESS, CRNN, DECODE):
@@ -236,8 +261,9 @@ def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_a
     if opts.target == "gpu":
         shutil.copy(crnn_artifact, d / v / GPU_BACKENDS[opts.gpu_engine][1])
     else:
-        install_model_py(TEMPLATES / "crnn_torchscript.py", d / v)
-        shutil.copy(crnn_artifact, d / v / "model.pt")
+        template, served_file = CPU_ENGINES[opts.cpu_engine]
+        install_model_py(TEMPLATES / template, d / v)
+        shutil.copy(crnn_artifact, d / v / served_file)
 
     d = root / DECODE
     write_config(d, decode_config(cfg, opts))

@@ -21,7 +21,7 @@ import sys
 # ``htr --help`` stays fast and a subcommand's heavy dependencies load only when it runs.
 COMMANDS = {
     "demo": "htr.demo",
-    "synth": "htr.synth",
+    "synth": "htr.synth.cli",
     "train": "htr.train",
     "eval": "htr.evaluate",
     "export": "htr.export.build_engine",

@@ -62,7 +62,7 @@ def run(args) -> int:
     from htr.config import HTRConfig
     from htr.data import read_kaggle, split_samples
     from htr.export.build import ExportError, build_repository
-    from htr.metrics import score
+    from htr.scores import score
     from htr.model import load_checkpoint
     from htr.preprocess import decode_images, preprocess_batch
     from htr.serve import ServerOptions, TritonServer

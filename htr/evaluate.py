@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .data import read_kaggle, split_samples
-from .metrics import by_confidence, score
+from .scores import by_confidence, score
 
 
 def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
@@ -96,9 +96,9 @@ def run(args) -> int:
         result.update({"served": str(args.served), "missing": missing})
         decoder = "served"
     else:
-        from .recognize import Recognizer
+        from .offline import OfflineRecognizer
 
-        rec = Recognizer(args.checkpoint, device=args.device, decoder=args.decoder, lexicon=args.lexicon,
+        rec = OfflineRecognizer(args.checkpoint, device=args.device, decoder=args.decoder, lexicon=args.lexicon,
                          beam_width=args.beam_width, batch_size=args.batch_size)
         result, preds = evaluate(rec, samples)
         result["checkpoint"] = str(args.checkpoint)

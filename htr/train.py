@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from .config import HTRConfig, InputConfig, ModelConfig
 from .data import Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples
-from .metrics import score
+from .scores import score
 from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, save_checkpoint
 from .preprocess import ctc_greedy_decode
 
@@ -209,7 +209,7 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
     """
     from tqdm import tqdm
 
-    from .decoding import CTCDecoder
+    from .ctc_decoder import CTCDecoder
     from .preprocess import decode_images, preprocess_batch
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -307,7 +307,7 @@ def run(args) -> int:
         synth = SynthDataset(SynthGenerator(cfg.alphabet, names=names, seed=args.seed), args.synth, args.seed)
     lexicon_words = None
     if args.pseudo:
-        from .decoding import read_lexicon
+        from .ctc_decoder import read_lexicon
 
         lex_path = args.lexicon or names_path
         lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None

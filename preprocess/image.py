@@ -5,7 +5,7 @@ import numpy as np
 
 from ._backend import PURE_PYTHON
 from ._checks import check_images, check_out, check_size, check_threads, parse_binarize
-from ._decode import MAX_BYTES, decode_images  # noqa: F401  (re-exported)
+from ._image_decode import MAX_BYTES, decode_images  # noqa: F401  (re-exported)
 from ._constants import MAX_PIXELS
 
 if PURE_PYTHON:

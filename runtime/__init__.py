@@ -1,6 +1,6 @@
 """The serving runtime: what a Triton python-backend stage imports, and nothing more.
 
-The runtime set is this package plus ``htr.config``, ``htr.decoding`` and ``htr.preprocess`` (the Cython
+The runtime set is this package plus ``htr.config``, ``htr.ctc_decoder`` and ``htr.preprocess`` (the Cython
 kernels): torch-free, installable on its own as the ``htr-triton-runtime`` distribution
 (``HTR_DIST=runtime pip install .``, see ``setup.py``). The Triton image (``docker/Dockerfile.triton``)
 installs exactly that, the CPU repository's stages import only that, and ``tests/test_runtime.py`` serves

@@ -16,7 +16,9 @@ def build_cpu_repository(repository: Path, checkpoint: Path, data: Path, *, engi
                          progress: Callable[[str], object] | None = print) -> Path:
     """Write the CPU repository into ``repository`` from ``checkpoint`` and return it.
 
-    ``engines`` receives the TorchScript file (default: the folder ``engines`` beside ``repository``);
+    ``crnn`` is the default CPU engine (ONNX Runtime) in FP32, so served log-probabilities match PyTorch eager
+    within the parity tolerance and every harness can compare served text with ``htr eval``'s.
+    ``engines`` receives the ONNX file (default: the folder ``engines`` beside ``repository``);
     ``data`` is the Kaggle-layout folder whose labelled images drive the parity check (``parity_images``
     of them). ``options`` (an ``htr.export.repository.RepositoryOptions``: limits, instances) and ``shapes``
     (e.g. ``{"max_width": 512}``) are passed on to export.
@@ -26,7 +28,7 @@ def build_cpu_repository(repository: Path, checkpoint: Path, data: Path, *, engi
     from htr.export.build import build_repository
 
     repository = Path(repository)
-    build_repository(checkpoint, repository, options=options, formats="torchscript",
+    build_repository(checkpoint, repository, options=options, formats="onnx", precision="fp32",
                      engines_dir=engines if engines is not None else repository.parent / "engines", data=data,
                      parity_images=parity_images, shapes=shapes, progress=progress)
     return repository

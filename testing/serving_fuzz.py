@@ -137,11 +137,11 @@ class Pool:
 
 
 def make_pool(opts: FuzzOptions, max_request_bytes: int, max_bytes: int) -> Pool:
-    from htr.recognize import Recognizer
+    from htr.offline import OfflineRecognizer
 
     files = sorted((opts.data / "labelled").glob("*.jpg"))[: opts.images]
     good = [f.read_bytes() for f in files]
-    rec = Recognizer(opts.checkpoint)
+    rec = OfflineRecognizer(opts.checkpoint)
     odd = [c for k in range(4) for c in bad.odd_cases(good[k])]
     ic = rec.cfg.input
     return Pool(

@@ -53,13 +53,16 @@ def checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_repository(tmp_path_factory, checkpoint, kaggle_dir) -> Path:
-    """The CPU model repository built from the shipped checkpoint by htr.export.build (export/build_engine.py)."""
+    """The CPU model repository built from the shipped checkpoint by htr.export.build (export/build_engine.py):
+    crnn in ONNX Runtime, FP32."""
     from htr.export.build import build_repository
 
     root = tmp_path_factory.mktemp("serving")
     repo = root / "model_repository"
-    report = build_repository(checkpoint, repo, formats="torchscript", engines_dir=root / "engines", data=kaggle_dir,
-                              parity_images=16)  # raises when the build fails
+    # the default CPU engine (ONNX Runtime) in FP32, whose log-probabilities match PyTorch within 1e-4;
+    # tests/test_engines.py serves the other engines and precisions
+    report = build_repository(checkpoint, repo, formats="onnx", engines_dir=root / "engines", data=kaggle_dir,
+                              parity_images=16, precision="fp32")  # raises when the build fails
     assert report.ok, "build_repository failed"
     return repo
 

@@ -29,7 +29,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from htr.client import HTRClient
-from htr.recognize import Recognizer
+from htr.offline import OfflineRecognizer
 from htr.serve import ServerOptions, TritonServer, stub_processes
 from htr.testing import bad_inputs as bad
 
@@ -55,8 +55,8 @@ def good(kaggle_dir) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def recognizer(checkpoint) -> Recognizer:
-    return Recognizer(checkpoint)
+def recognizer(checkpoint) -> OfflineRecognizer:
+    return OfflineRecognizer(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def infer_pixels(client, module, array: np.ndarray, datatype: str = "FP32"):
     return client.infer("crnn", [inp], **_kw(module)).as_numpy("LOGPROBS")
 
 
-def assert_serving(server: TritonServer, good: list[bytes], recognizer: Recognizer) -> None:
+def assert_serving(server: TritonServer, good: list[bytes], recognizer: OfflineRecognizer) -> None:
     """/v2/health/ready answers 200 and a good image is read as offline, over both protocols."""
     assert server.running(), "tritonserver exited"
     with OPENER.open(f"{server.url_http}/v2/health/ready", timeout=10) as r:

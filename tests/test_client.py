@@ -1,6 +1,6 @@
 """htr.client against the real tritonserver serving the CPU repository (conftest ``triton``): no mocks.
 
-Every served text is compared with the offline ``Recognizer`` on real labelled images, for each input
+Every served text is compared with the offline ``OfflineRecognizer`` on real labelled images, for each input
 kind, protocol, preprocessing side, with and without shared memory, sync and async.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from htr.cli import main as htr_main
 from htr.client import (AsyncHTRClient, ConfigMismatchError, HTRClient, InferenceTimeoutError, ModelNotReadyError,
                         ServerUnreachableError, image_files)
 from htr.data import read_kaggle
-from htr.recognize import Recognizer
+from htr.offline import OfflineRecognizer
 from htr.serve import ServerOptions, TritonServer, free_port
 
 pytestmark = pytest.mark.slow  # a real tritonserver (conftest ``triton``)
@@ -41,7 +41,7 @@ def labelled(kaggle_dir):
 @pytest.fixture(scope="module")
 def offline(checkpoint, labelled):
     """(text, confidence) of the offline pipeline (what ``htr eval`` predicts) for the first 150 images."""
-    return Recognizer(checkpoint).predict_files(labelled)
+    return OfflineRecognizer(checkpoint).predict_files(labelled)
 
 
 @pytest.fixture(scope="module")

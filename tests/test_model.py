@@ -8,7 +8,7 @@ import torch
 
 from htr.config import DEFAULT_ALPHABET, HTRConfig, InputConfig, ModelConfig, normalize_label
 from htr.data import Collate, ImageDataset, read_kaggle, split_of, split_samples
-from htr.metrics import score
+from htr.scores import score
 from htr.model import CRNN, load_checkpoint, load_model, save_checkpoint
 
 SMALL = HTRConfig(model=ModelConfig(cnn_channels=(8, 16, 16, 16, 32, 32), lstm_hidden=16))

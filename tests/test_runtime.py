@@ -195,7 +195,7 @@ def test_runtime_wheel_holds_the_runtime_set_only(runtime_env):
 @pytest.mark.slow
 def test_runtime_env_has_no_torch_and_imports_the_stages_modules(runtime_env):
     py, site, _ = runtime_env
-    code = ("import importlib.util as u, htr.decoding, htr.runtime.stage, htr.runtime.prometheus, htr.preprocess;"
+    code = ("import importlib.util as u, htr.ctc_decoder, htr.runtime.stage, htr.runtime.prometheus, htr.preprocess;"
             "print([m for m in ('torch', 'htr.export', 'htr.serve', 'htr.client', 'tritonclient') if u.find_spec(m)])")
     assert _run([py, "-c", code], cwd=site.parent).stdout.strip() == "[]"  # cwd: not the checkout
 

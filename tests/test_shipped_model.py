@@ -5,9 +5,9 @@ import re
 from pathlib import Path
 
 from htr.data import read_kaggle, split_samples
-from htr.metrics import score
+from htr.scores import score
 from htr.model import load_checkpoint
-from htr.recognize import Recognizer
+from htr.offline import OfflineRecognizer
 
 CARD = Path(__file__).resolve().parents[1] / "models" / "MODEL_CARD.md"
 
@@ -29,7 +29,7 @@ def test_shipped_model_matches_its_model_card(checkpoint, kaggle_dir):
     samples, _ = read_kaggle(kaggle_dir / "labels.csv")
     _, held_out = split_samples(samples)
     assert len(held_out) == int(card_figure("eval_images"))
-    preds = Recognizer(checkpoint).predict_files([s.path for s in held_out])
+    preds = OfflineRecognizer(checkpoint).predict_files([s.path for s in held_out])
     m = score([t for t, _ in preds], [s.text for s in held_out])
     assert m["exact_match"] >= card_figure("exact_match_eval_greedy") - 0.02, m
     assert m["cer"] <= card_figure("cer_eval_greedy") + 0.02, m

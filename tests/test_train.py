@@ -12,7 +12,7 @@ import torch
 from htr.cli import main as cli
 from htr.config import HTRConfig, ModelConfig
 from htr.data import Collate, ImageDataset, read_kaggle
-from htr.metrics import score
+from htr.scores import score
 from htr.model import CRNN, load_checkpoint
 from htr.preprocess import ctc_greedy_decode
 from htr.train import ctc_loss
@@ -148,7 +148,7 @@ def test_eval_cli_prints_json(tmp_path, tiny_kaggle, capsys):
 
 
 def test_by_confidence_counts_kept_reads_and_their_accuracy():
-    from htr.metrics import by_confidence
+    from htr.scores import by_confidence
 
     preds, confs = ["ANNA", "LEO", "MAX", "JO"], [0.95, 0.6, 0.2, 0.05]
     labels = ["ANNA", "LEA", "MAX", "JO"]

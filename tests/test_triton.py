@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from htr.data import read_kaggle
 from htr.preprocess import decode_images, preprocess_batch
-from htr.recognize import Recognizer
+from htr.offline import OfflineRecognizer
 
 pytestmark = pytest.mark.slow  # a real tritonserver (conftest ``triton``)
 
@@ -38,7 +38,7 @@ def labelled(kaggle_dir):
 @pytest.fixture(scope="module")
 def offline(checkpoint, labelled):
     """What ``htr eval`` predicts offline for every labelled image (greedy)."""
-    return Recognizer(checkpoint).predict_files([s.path for s in labelled])
+    return OfflineRecognizer(checkpoint).predict_files([s.path for s in labelled])
 
 
 def metric(text: str, name: str, model: str) -> float:
@@ -122,7 +122,7 @@ def test_bad_image_in_a_batch_fails_alone(triton, labelled, offline):
 
 
 def test_crnn_is_callable_with_pixels(triton, labelled, checkpoint):
-    rec = Recognizer(checkpoint)
+    rec = OfflineRecognizer(checkpoint)
     ic = rec.cfg.input
     images = decode_images([s.path.read_bytes() for s in labelled[:4]])
     pixels = preprocess_batch(images, ic.height, ic.width, ic.binarize)
@@ -144,7 +144,7 @@ def test_wrong_dtype_or_shape_is_refused_and_server_stays_ready(triton, checkpoi
     bad.set_data_from_numpy(np.zeros((1, 1, 7, 64), np.float32))
     with pytest.raises(InferenceServerException, match="unexpected shape"):
         client.infer("crnn", [bad])
-    h = Recognizer(checkpoint).cfg.input.height
+    h = OfflineRecognizer(checkpoint).cfg.input.height
     bad = grpcclient.InferInput("PIXELS", [1, 1, h, 64], "INT32")
     bad.set_data_from_numpy(np.zeros((1, 1, h, 64), np.int32))
     with pytest.raises(InferenceServerException, match="(?i)data-type|datatype"):

@@ -1,7 +1,7 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from htr.decoding import CTCDecoder
+from htr.ctc_decoder import CTCDecoder
 from htr.runtime.contract import CONFIDENCE, ERROR, INPUT_ERROR, LOGPROBS, TEXT
 from htr.runtime.prometheus import PredictionMetrics
 from htr.runtime.stage import RequestError, execute_batched, object_column, stage_config

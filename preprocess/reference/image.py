@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_images, check_out, check_size, parse_binarize
-from .._decode import decode_images  # noqa: F401  (decoding is OpenCV in both paths)
+from .._image_decode import decode_images  # noqa: F401  (decoding is OpenCV in both paths)
 from .._constants import GREY_B, GREY_G, GREY_R, GREY_SHIFT, MAX_PIXELS, MODE_NONE, MODE_OTSU
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decoding import CTCDecoder
+from .ctc_decoder import CTCDecoder
 from .model import load_model
 from .preprocess import decode_images, preprocess_batch
 
 
-class Recognizer:
+class OfflineRecognizer:
     def __init__(self, checkpoint: str | Path, device: str = "cpu", decoder: str = "greedy",
                  lexicon: str | Path | list[str] | None = None, beam_width: int = 10, batch_size: int = 64):
         self.model, self.cfg, self.ckpt = load_model(checkpoint, map_location=device)

@@ -1,6 +1,6 @@
 """CTC decoding with a model's config: log-probabilities -> (text, confidence[, error]).
 
-One class serves offline recognition (``htr.recognize``), the Triton ``ctc_decode`` model and the
+One class serves offline recognition (``htr.offline``), the Triton ``ctc_decode`` model and the
 client's local decoding (``preprocess="client"``), so all three read the same output the same way.
 Torch-free: the Triton python-backend stub imports it.
 """
