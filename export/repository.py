@@ -116,6 +116,7 @@ def _base(name: str, cfg: HTRConfig, opts: RepositoryOptions, kind: int, count: 
     if opts.dynamic_batching:
         # no preferred sizes: the batcher takes what is queued (up to max_batch_size) as soon as an instance
         # is free, waiting at most delay_us for more; preferred sizes would hold a lone request back
+        c.dynamic_batching.SetInParent()  # present even when every field keeps its default
         c.dynamic_batching.max_queue_delay_microseconds = delay_us
     c.parameters[CONFIG_KEY].string_value = cfg.to_json()
     return c

@@ -13,6 +13,7 @@ from htr.export.build_engine import main as build_engine, parse_args
 from htr.export.engines import Shapes, load_torchscript, onnx_config
 from htr.export.repository import RepositoryOptions, read_config, write_repository
 from htr.model import CRNN, save_checkpoint
+from htr.threads import thread_plan
 
 SMALL = HTRConfig(model=ModelConfig(cnn_channels=(8, 16, 16, 16, 32, 32), lstm_hidden=16))
 
@@ -28,7 +29,7 @@ def small_checkpoint(tmp_path_factory):
 def test_build_repository_cpu_with_parity(tmp_path, small_checkpoint, kaggle_dir, capsys):
     repo, engines = tmp_path / "repo", tmp_path / "engines"
     report = build_repository(small_checkpoint, repo, formats="torchscript,onnx", engines_dir=engines, data=kaggle_dir,
-                              parity_images=16)
+                              parity_images=16, precision="fp32")
     out = capsys.readouterr().out
     assert report.ok, out
     assert report.repository == repo and report.artifacts == {"torchscript": engines / "model.pt",
@@ -47,12 +48,17 @@ def test_build_repository_cpu_with_parity(tmp_path, small_checkpoint, kaggle_dir
         assert HTRConfig.from_json(cfg.parameters["htr_config"].string_value) == SMALL
         assert cfg.max_batch_size == 64
         if name != "htr":
-            assert cfg.dynamic_batching.max_queue_delay_microseconds > 0 and len(cfg.instance_group) == 1
+            # dynamic batching on every stage; no waiting by default (the queue fills while a stage is busy)
+            assert cfg.HasField("dynamic_batching") and len(cfg.instance_group) == 1
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 0 and not cfg.dynamic_batching.preferred_batch_size
             assert cfg.version_policy.latest.num_versions == 1 and len(cfg.model_warmup) >= 1
     crnn = read_config(repo / "crnn")
     assert crnn.backend == "python" and list(crnn.input[0].dims) == [1, 32, -1]
     assert list(crnn.output[0].dims) == [-1, SMALL.num_classes]
-    assert (repo / "crnn" / "1" / "model.pt").is_file() and (repo / "crnn" / "1" / "model.py").is_file()
+    # the default CPU engine: ONNX Runtime on the ONNX file, with the thread plan's intra-op threads
+    assert (repo / "crnn" / "1" / "model.onnx").is_file() and (repo / "crnn" / "1" / "model.py").is_file()
+    assert crnn.parameters["engine"].string_value == "onnxruntime" and crnn.parameters["precision"].string_value == "fp32"
+    assert int(crnn.parameters["intra_op_threads"].string_value) == thread_plan().crnn_threads
     steps = read_config(repo / "htr").ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["preprocess", "crnn", "ctc_decode"]
     assert dict(steps[2].input_map) == {"LOGPROBS": "logprobs", "INPUT_ERROR": "preprocess_error"}
@@ -61,7 +67,7 @@ def test_build_repository_cpu_with_parity(tmp_path, small_checkpoint, kaggle_dir
 def test_explicit_tensorrt_without_gpu_fails_clearly(tmp_path, small_checkpoint, kaggle_dir, capsys):
     """The command line itself: exit code 1 and the ``error:`` line on stderr."""
     rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--engines",
-                       str(tmp_path / "e"), "--formats", "torchscript,tensorrt", "--data", str(kaggle_dir),
+                       str(tmp_path / "e"), "--formats", "onnx,tensorrt", "--data", str(kaggle_dir),
                        "--parity-images", "4"])
     err = capsys.readouterr().err
     assert rc == 1 and "tensorrt was asked for but cannot be built here" in err
@@ -82,7 +88,7 @@ def test_parity_mismatch_raises_and_writes_nothing(tmp_path, small_checkpoint, k
 
     monkeypatch.setattr(build, "FP32_TOL", -1.0)  # no engine can pass: the build must stop before writing
     with pytest.raises(build.ParityError, match="does not match PyTorch; the repository was not written") as e:
-        build_repository(small_checkpoint, tmp_path / "r", formats="torchscript", engines_dir=tmp_path / "e",
+        build_repository(small_checkpoint, tmp_path / "r", formats="onnx", engines_dir=tmp_path / "e",
                          data=kaggle_dir, parity_images=4, progress=None)
     report = e.value.report
     assert not report.ok and report.repository is None and "MISMATCH" in report.table
@@ -93,11 +99,17 @@ def test_contradictory_requests_are_usage_errors(tmp_path, small_checkpoint, cap
     """Refused before anything is built: ``ExportUsageError`` from the library, exit code 2 from the CLI."""
     with pytest.raises(ExportUsageError, match=r"unknown format\(s\) \['tflite'\]"):
         build_repository(small_checkpoint, tmp_path / "r", formats="torchscript,tflite", progress=None)
+    with pytest.raises(ExportUsageError, match="include onnx in --formats"):
+        build_repository(small_checkpoint, tmp_path / "r", formats=["torchscript"], progress=None)
     with pytest.raises(ExportUsageError, match="include torchscript in --formats"):
-        build_repository(small_checkpoint, tmp_path / "r", formats=["onnx"], progress=None)
+        build_repository(small_checkpoint, tmp_path / "r", options=RepositoryOptions(cpu_engine="torchscript"),
+                         formats=["onnx"], progress=None)
+    with pytest.raises(ExportUsageError, match="precision must be one of"):
+        build_repository(small_checkpoint, tmp_path / "r", precision="int4", progress=None)
     assert issubclass(ExportUsageError, ExportError)
-    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--formats", "onnx"])
-    assert rc == 2 and "error: --target cpu serves the TorchScript file" in capsys.readouterr().err
+    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--formats",
+                       "torchscript"])
+    assert rc == 2 and "error: --target cpu --cpu-engine onnxruntime serves the ONNX file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
