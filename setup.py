@@ -19,7 +19,12 @@ Two distributions come from this one file:
   ``tests/test_runtime.py`` serves the stages from a clean virtual environment holding only it.
 
 Every ``preprocess/_*.pyx`` is compiled to ``htr.preprocess._*`` with -O3 and OpenMP (prange);
-extra C flags can be given in ``HTR_CFLAGS`` (e.g. ``-march=native`` for a machine-specific build).
+they are built for the CPU they are built on (``-march=native``: AVX2/AVX-512 where present), since this
+project builds its kernels where it runs them (the venv, the Triton image, CI). ``HTR_PORTABLE=1`` builds
+for any x86-64 server CPU since ~2009 instead (``-march=x86-64-v2``), for a wheel shipped to other machines.
+Extra C flags can be given in ``HTR_CFLAGS``. Results do not depend on the target: ``-ffp-contract=off`` and
+no ``-ffast-math`` keep every float operation in source order, so kernels and the NumPy reference agree to
+the bit either way (tests/test_preprocess.py, tests/test_ctc.py).
 """
 import os
 import platform
@@ -68,10 +73,11 @@ def _packages():
 
 def _extensions():
     # -ffp-contract=off: no fused multiply-add, so kernels and the NumPy reference round alike.
-    # x86-64-v2 (SSSE3/SSE4.2, every x86-64 server CPU since ~2009) lets GCC vectorise the BGR loads.
+    # -march: the CPU this is built on (native), or x86-64-v2 (SSSE3/SSE4.2) for a portable wheel.
     flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     if platform.machine() in ("x86_64", "AMD64"):
-        flags.append("-march=x86-64-v2")
+        portable = os.environ.get("HTR_PORTABLE", "").strip() not in ("", "0")
+        flags.append("-march=x86-64-v2" if portable else "-march=native")
     flags += os.environ.get("HTR_CFLAGS", "").split()
     exts = [
         Extension(

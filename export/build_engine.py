@@ -27,9 +27,9 @@ gets a clear error and the server keeps serving. Triton 2.51 itself has no HTTP 
 messages may reach 2 GB), so these checks run on requests already received: where untrusted clients can
 reach the server, cap the body size in a reverse proxy in front of it (nginx ``client_max_body_size 64m;``).
 
-Threads: by default the thread plan of ``htr.threads`` for the cores this process may use (never more
-compute threads than cores: preprocess 1 x 1, crnn 1 x (cores - 1) intra-op threads, at least 1); the flags
-below override each number, and the build prints the plan it wrote.
+Threads: by default the thread plan of ``htr.threads`` for the cores this process may use (crnn 1 x cores
+ONNX Runtime intra-op threads with spinning off, preprocess 1 x 1, ctc_decode 1 x 1); the flags below
+override each number, and the build prints the plan it wrote.
 
 ``htr export`` is this same command. Both are a thin shell over ``htr.export.build.build_repository``,
 which tests and tools call directly.

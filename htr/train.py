@@ -37,6 +37,7 @@ from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, sa
 from .preprocess import ctc_greedy_decode
 
 from .paths import default_data_dir
+from .threads import thread_plan
 
 
 def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
@@ -85,7 +86,8 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
     g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: the thread plan's, htr.threads: every core this process may use)")
     g.add_argument("--metrics-port", type=int, default=9109, help="Prometheus exporter port (0: off)")
     g.add_argument("--metrics-addr", default="127.0.0.1", help="exporter bind address")
     g.add_argument("--metrics-linger", type=float, default=0.0,
@@ -253,8 +255,7 @@ def run(args) -> int:
     from torch.utils.data import ConcatDataset, DataLoader
     from tqdm import tqdm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or thread_plan().train_threads)  # affinity, not os.cpu_count()
     device = pick_device(args.device)
     use_amp = device.type == "cuda" and args.amp != "off"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -149,3 +149,35 @@ def test_lexicon_switches_decoder_to_beam(tmp_path, small_checkpoint):
     assert dec.parameters["decoder"].string_value == "beam"
     assert (tmp_path / "repo" / "ctc_decode" / "1" / "lexicon.txt").read_text().split() == ["MARTIN", "LEA"]
     assert json.loads(dec.parameters["htr_config"].string_value)["alphabet"] == SMALL.alphabet
+
+
+def test_int8_outside_the_accuracy_gate_fails_and_auto_falls_back_to_fp32(tmp_path, small_checkpoint, kaggle_dir,
+                                                                          monkeypatch, capsys):
+    """``--precision int8`` is refused (exit 1, nothing written) when INT8 reads the eval split worse than the
+    gate allows; ``auto`` then serves FP32 and says why. The gate is made impossible to pass here."""
+    import htr.export.quantize as quantize
+    from htr.export.build import PrecisionError
+
+    monkeypatch.setattr(quantize, "MAX_EXACT_DROP", -1.0)  # INT8 would have to read 100 points better
+    with pytest.raises(PrecisionError, match="INT8 reads the eval split worse than the gate allows") as e:
+        build_repository(small_checkpoint, tmp_path / "r", formats="onnx", engines_dir=tmp_path / "e",
+                         data=kaggle_dir, parity_images=4, precision="int8", progress=None)
+    assert not e.value.gate.ok and e.value.gate.images > 200 and not (tmp_path / "r").exists()
+    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--engines",
+                       str(tmp_path / "e"), "--formats", "onnx", "--data", str(kaggle_dir), "--parity-images", "4",
+                       "--precision", "int8"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "error: INT8 reads the eval split worse" in captured.err
+    assert "| int8 |" in captured.out and "| fp32 |" in captured.out  # the report prints both
+    report = build_repository(small_checkpoint, tmp_path / "r", formats="onnx", engines_dir=tmp_path / "e",
+                              data=kaggle_dir, parity_images=4, precision="auto")
+    assert report.options.precision == "fp32" and "serving FP32: INT8 is outside the accuracy gate" in capsys.readouterr().out
+    assert read_config(tmp_path / "r" / "crnn").parameters["precision"].string_value == "fp32"
+
+
+def test_thread_plan_never_runs_more_pool_threads_than_cores():
+    """One spinning-free crnn pool the size of the cores; preprocess and ctc_decode single-threaded."""
+    for cores in (1, 2, 3, 4, 8, 64):
+        plan = thread_plan(cores)
+        assert plan.pool_threads == plan.crnn_threads == cores and plan.train_threads == cores
+        assert plan.preprocess_threads == 1 and plan.compute_threads == cores + 1
