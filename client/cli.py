@@ -12,9 +12,10 @@ Kaggle ``labels.csv`` columns first, so a served run is scored like ``htr eval``
 ``--json`` a list of objects. An image that cannot be read (missing file, corrupt data) is listed with
 its error and does not stop the others.
 
-Exit status: 0 when every image was sent (even if some failed: they are listed), 1 when the server is
-unreachable, the model is not ready or not the one expected, or requests time out; 2 when no image
-was found.
+Exit status: 0 when every image was read; 1 when some image could not be (a missing or unreadable file,
+a corrupt image: the others are still read and listed, the failed ones with their error), or the server is
+unreachable, the model is not ready or not the one expected, or requests time out; 2 when no image was
+found.
 """
 from __future__ import annotations
 
@@ -124,4 +125,4 @@ def run(args) -> int:
         summary += f"; {len(failed)} failed: " + "; ".join(f"{n}: {e}" for n, e in failed[:5])
         summary += " ..." if len(failed) > 5 else ""
     _say(summary + (f"; wrote {args.output}" if args.output else ""))
-    return 0
+    return 1 if failed else 0  # every image was tried; a missing or unreadable one makes the exit status 1

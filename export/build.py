@@ -39,7 +39,8 @@ from .engines import (
     EngineUnavailable, Shapes, build_tensorrt, export_onnx, export_torchscript, load_torchscript, onnx_config,
     tensorrt_available,
 )
-from .parity import FP16_TOL, FP32_TOL, ParityResult, check, real_batches, report
+from .parity import FP16_TOL, FP32_TOL, ParityResult, real_batches, report
+from .parity import check as _check
 from .repository import RepositoryOptions, write_repository
 
 ALL_FORMATS = ("torchscript", "onnx", "tensorrt")
@@ -154,7 +155,8 @@ def build_repository(
         engines_dir: where the engine files are written.
         data: Kaggle-layout folder whose ``labelled/*.jpg`` drive the parity check;
             ``None``: ``htr.paths.default_data_dir()``.
-        parity_images: real images in the parity check.
+        parity_images: real images in the parity check, from ``data/labelled`` or, where that holds none, the
+            sample images this repository ships (a note says so); 0 skips the check (a warning says so).
         fp16: build TensorRT in FP16 (parity tolerance 5e-2 instead of 1e-4).
         opset: ONNX opset.
         shapes: ``Shapes`` fields (``max_batch``, ``opt_batch``, ``min_width``, ``opt_width``, ``max_width``),
@@ -179,7 +181,7 @@ def build_repository(
     if precision not in PRECISIONS:
         raise ExportUsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     checkpoint, repository, engines_dir = Path(checkpoint), Path(repository), Path(engines_dir)
-    images = Path(data if data is not None else default_data_dir()) / "labelled"
+    data = Path(data if data is not None else default_data_dir())
     explicit = formats is not None
     options = options if options is not None else RepositoryOptions()
     wanted = _requested_formats(formats, options)
@@ -188,9 +190,16 @@ def build_repository(
     if shapes is not None or options.shapes == Shapes():  # else options.shapes was set: it stands as given
         options = replace(options, shapes=resolve_shapes(cfg, shapes or {}))
     engines_dir.mkdir(parents=True, exist_ok=True)
-    batches = real_batches(cfg, images, parity_images)
-    say(f"checkpoint {checkpoint}: input {cfg.input.height}x{cfg.input.width}, {cfg.num_classes} classes; "
-        f"parity on {len(batches[0])} real images from {images}")
+    batches, images = None, None
+    if parity_images > 0:
+        images = _parity_folder(data, say)
+        batches = real_batches(cfg, images, parity_images)
+        say(f"checkpoint {checkpoint}: input {cfg.input.height}x{cfg.input.width}, {cfg.num_classes} classes; "
+            f"parity on {len(batches[0])} images from {images}")
+    else:
+        say(f"checkpoint {checkpoint}: input {cfg.input.height}x{cfg.input.width}, {cfg.num_classes} classes; "
+            "WARNING: no parity check (parity_images=0, --parity-images 0): the engines are not compared with "
+            "PyTorch")
 
     result = ExportReport(options=options)
     for fmt in wanted:
@@ -205,10 +214,12 @@ def build_repository(
             say(f"skipping {fmt}: {e}")
             continue
         result.artifacts[fmt] = path
-        result.results.append(res)
+        if res is not None:
+            result.results.append(res)
         say(f"built {fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
 
-    say("\nparity against PyTorch eager\n" + result.table + "\n")
+    if batches is not None:
+        say("\nparity against PyTorch eager\n" + result.table + "\n")
     if not result.ok:
         raise ParityError("an engine does not match PyTorch; the repository was not written", result)
     served = SERVED_FORMAT[options.gpu_engine]
@@ -221,7 +232,7 @@ def build_repository(
     if options.target == "cpu":
         crnn_file = result.artifacts[CPU_SERVED_FORMAT[options.cpu_engine]]
         if options.cpu_engine == "onnxruntime" and precision != "fp32":
-            crnn_file, options = _choose_precision(precision, crnn_file, cfg, options, images.parent, engines_dir,
+            crnn_file, options = _choose_precision(precision, crnn_file, cfg, options, data, engines_dir,
                                                    result, say)
     else:
         crnn_file = result.artifacts[served]
@@ -237,6 +248,18 @@ def build_repository(
             f"{options.crnn_instances} x {options.crnn_threads} intra-op, ctc_decode {options.decode_instances} x 1 "
             f"({thread_plan().describe()}; override with --preprocess-instances/--crnn-threads/...)")
     return result
+
+
+def _parity_folder(data: Path, say) -> Path:
+    """``data/labelled`` when it holds JPEGs, else the sample images this repository ships (with a note)."""
+    labelled = data / "labelled"
+    if labelled.is_dir() and any(labelled.glob("*.jpg")):
+        return labelled
+    samples = ROOT / "samples"
+    say(f"note: no labelled images at {labelled} (the Kaggle folder, see README 'Data'); the parity check uses "
+        f"the {len(list(samples.glob('*.jpg')))} sample images shipped in {samples} instead (synthetic renderings: "
+        "enough to compare engines with PyTorch, not to score accuracy)")
+    return samples
 
 
 def _choose_precision(precision: str, fp32_file: Path, cfg: HTRConfig, options: RepositoryOptions, data: Path,
@@ -271,8 +294,14 @@ def _choose_precision(precision: str, fp32_file: Path, cfg: HTRConfig, options: 
 
 
 def _build_and_check(fmt: str, model: torch.nn.Module, cfg: HTRConfig, batches, engines_dir: Path,
-                     built: dict[str, Path], shapes: Shapes, fp16: bool, opset: int) -> tuple[Path, ParityResult]:
-    """Export one format into ``engines_dir``, load it back and compare it with ``model`` on ``batches``."""
+                     built: dict[str, Path], shapes: Shapes, fp16: bool, opset: int
+                     ) -> tuple[Path, ParityResult | None]:
+    """Export one format into ``engines_dir``, load it back and compare it with ``model`` on ``batches``
+    (``None``: no comparison, the result is ``None``)."""
+
+    def check(engine, run, model, batches, cfg, tolerance):
+        return None if batches is None else _check(engine, run, model, batches, cfg, tolerance)
+
     if fmt == "torchscript":
         path = export_torchscript(model, cfg, engines_dir / "model.pt")
         module, stored = load_torchscript(path)
@@ -296,6 +325,7 @@ def _build_and_check(fmt: str, model: torch.nn.Module, cfg: HTRConfig, batches, 
 
     path = build_tensorrt(built["onnx"], engines_dir / "model.plan", cfg, shapes, fp16=fp16)
     runner = TensorRTRunner(path)
-    fits = [b for b in batches if b.shape[0] <= shapes.max_batch and b.shape[3] <= shapes.max_width]
+    fits = None if batches is None else [b for b in batches
+                                         if b.shape[0] <= shapes.max_batch and b.shape[3] <= shapes.max_width]
     return path, check(f"tensorrt (GPU, {'FP16' if fp16 else 'FP32'})", lambda x: runner(torch.from_numpy(x)).numpy(),
                        model, fits, cfg, FP16_TOL if fp16 else FP32_TOL)

@@ -102,8 +102,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                          "Cap the HTTP body size in a reverse proxy too: Triton has no such limit")
     ap.add_argument("--version", type=int, default=1, help="model version folder to write")
     ap.add_argument("--data", type=Path, default=default_data_dir(),
-                    help="Kaggle-layout folder whose labelled/ images drive the parity check")
-    ap.add_argument("--parity-images", type=int, default=64)
+                    help="Kaggle-layout folder (labelled/*.jpg + labels.csv; $HTR_DATA): its labelled images drive the "
+                         "parity check (without them: the sample images in samples/, with a note) and INT8's "
+                         "calibration and accuracy gate (without labels.csv: FP32 is served)")
+    ap.add_argument("--parity-images", type=int, default=64,
+                    help="images in the parity check against PyTorch; 0 skips the check (with a warning)")
     return ap
 
 

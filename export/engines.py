@@ -6,13 +6,14 @@ The graphs return log-probabilities only; decoding stays outside. Inputs are nam
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from htr.config import HTRConfig
-
 from htr.runtime.contract import CONFIG_KEY, LOGPROBS, MAX_WIDTH, PIXELS
 
 
@@ -35,19 +36,44 @@ class Shapes:
             raise ValueError(f"need 1 <= opt_batch <= max_batch; got {self}")
 
 
+@contextlib.contextmanager
+def _known_deprecations():
+    """Silence the warnings torch 2.13 gives for the export paths this project uses on purpose.
+
+    TorchScript (``torch.jit.script/save/load``) is the file format of Triton's ``pytorch_libtorch`` backend,
+    and the legacy (TorchScript-based) ONNX exporter is what gives the BiLSTM a dynamic batch axis here; both
+    are deprecated in favour of ``torch.export``, which neither Triton 2.51 nor this graph supports yet. The
+    exporter's "LSTM with a batch size other than 1" caution does not apply: every build runs the ONNX file at
+    batch 1 and batch 64 against PyTorch (export/parity.py) and fails on any difference.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1",
+                                category=UserWarning)
+        # nn.LSTM's own input-size checks, traced as constants: they are constant for a given model
+        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean",
+                                category=torch.jit.TracerWarning)
+        yield
+
+
 class EngineUnavailable(RuntimeError):
     """The machine cannot build this format (no CUDA, no TensorRT); the message says what is missing."""
 
 
 def export_torchscript(model: torch.nn.Module, cfg: HTRConfig, path: Path) -> Path:
-    scripted = torch.jit.script(model.eval())
-    torch.jit.save(scripted, str(path), _extra_files={f"{CONFIG_KEY}.json": cfg.to_json()})
+    with _known_deprecations():
+        scripted = torch.jit.script(model.eval())
+        torch.jit.save(scripted, str(path), _extra_files={f"{CONFIG_KEY}.json": cfg.to_json()})
     return path
 
 
 def load_torchscript(path: Path, map_location="cpu") -> tuple[torch.jit.ScriptModule, HTRConfig]:
     extra = {f"{CONFIG_KEY}.json": ""}
-    module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    with _known_deprecations():
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     return module.eval(), HTRConfig.from_json(extra[f"{CONFIG_KEY}.json"])
 
 
@@ -55,11 +81,12 @@ def export_onnx(model: torch.nn.Module, cfg: HTRConfig, path: Path, opset: int =
     import onnx
 
     example = torch.zeros(2, 1, cfg.input.height, cfg.input.width)
-    torch.onnx.export(
-        model.eval(), (example,), str(path), input_names=[PIXELS], output_names=[LOGPROBS],
-        dynamic_axes={PIXELS: {0: "batch", 3: "width"}, LOGPROBS: {0: "batch", 1: "frames"}},
-        opset_version=opset, dynamo=False,
-    )
+    with _known_deprecations():
+        torch.onnx.export(
+            model.eval(), (example,), str(path), input_names=[PIXELS], output_names=[LOGPROBS],
+            dynamic_axes={PIXELS: {0: "batch", 3: "width"}, LOGPROBS: {0: "batch", 1: "frames"}},
+            opset_version=opset, dynamo=False,
+        )
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()

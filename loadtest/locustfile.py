@@ -28,10 +28,12 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()  # must run before the first channel is created (see module docstring)
 
+import logging  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
@@ -77,6 +79,75 @@ def _load_images(environment, **_):
     _IMAGES[:] = [p.read_bytes() for p in files]
 
 
+def _grpc_url(options) -> str:
+    return options.grpc_url if options else "127.0.0.1:8001"
+
+
+def _http_host(host: str | None) -> str:
+    return (host or "http://127.0.0.1:8000").split("://", 1)[-1].rstrip("/")
+
+
+def describe(error: BaseException) -> str:
+    """The server's own message for a failed call (tritonclient's exceptions often print as an empty string)."""
+    parts = []
+    for attr in ("status", "message", "debug_details"):
+        value = getattr(error, attr, None)
+        value = value() if callable(value) else value
+        if value and str(value) not in parts:
+            parts.append(str(value))
+    return ": ".join(parts) or str(error) or repr(error)
+
+
+def _unready(environment) -> str:
+    """Why the server this run would load is not ready ("" when it is): checked once, before any user starts."""
+    options, problems = environment.parsed_options, []
+    classes = {getattr(c, "protocol", "") for c in environment.user_classes}
+    model = options.model if options else ENSEMBLE
+    if "grpc" in classes:
+        url = _grpc_url(options)
+        try:
+            client = grpcclient.InferenceServerClient(url)
+            if not client.is_server_ready(client_timeout=5) or not client.is_model_ready(model, client_timeout=5):
+                problems.append(f"gRPC {url}: the server is up but model {model!r} is not ready")
+        except Exception as e:  # noqa: BLE001 - any failure means: do not start
+            problems.append(f"gRPC {url}: {describe(e)}")
+    if "http" in classes:
+        host = _http_host(environment.host)
+        try:
+            client = httpclient.InferenceServerClient(host, connection_timeout=5, network_timeout=5)
+            if not client.is_server_ready() or not client.is_model_ready(model):
+                problems.append(f"HTTP {host}: the server is up but model {model!r} is not ready")
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"HTTP {host}: {describe(e)}")
+    return "; ".join(problems)
+
+
+@events.init.add_listener
+def _check_server_headless(environment, **_):
+    """Headless runs (``--headless``, ``htr loadtest``): fail in seconds, naming the URL, when the server is
+    unreachable or not ready, instead of a whole run of failed requests."""
+    options = environment.parsed_options
+    if options is None or not getattr(options, "headless", False) or getattr(options, "worker", False):
+        return
+    problem = _unready(environment)
+    if problem:
+        raise SystemExit(f"htr load test: server not ready ({problem}). Start it first (`htr serve`), or point "
+                         "the load test at it with --grpc-url / --host.")
+
+
+@events.test_start.add_listener
+def _check_server_web(environment, **_):
+    """Web UI runs: the same check when the user presses start; the run stops with the reason logged."""
+    options = environment.parsed_options
+    if options is None or getattr(options, "headless", False) or getattr(options, "worker", False):
+        return
+    problem = _unready(environment)
+    if problem:
+        logging.getLogger("htr.loadtest").error(f"server not ready ({problem}); start it (`htr serve`) first")
+        if environment.runner is not None:
+            gevent.spawn(environment.runner.stop)
+
+
 class _TritonUser(User):
     """Shared task logic; subclasses provide ``_connect`` and ``_infer`` for one protocol."""
 
@@ -119,7 +190,7 @@ class _TritonUser(User):
             if bad:
                 exception = RuntimeError(f"{len(bad)}/{n} images failed: {bad[0]}")
         except Exception as e:  # noqa: BLE001 - every failure is reported to Locust, never raised
-            exception = e
+            exception = e if str(e) else RuntimeError(describe(e))  # the server's message, never an empty one
         self._fire(name, (time.perf_counter() - start) * 1000.0, length, exception)
 
     def _fire(self, name, ms, length, exception):
@@ -133,8 +204,7 @@ class GrpcUser(_TritonUser):
     protocol = "grpc"
 
     def _connect(self):
-        url = self.environment.parsed_options.grpc_url if self.environment.parsed_options else "127.0.0.1:8001"
-        return grpcclient.InferenceServerClient(url)
+        return grpcclient.InferenceServerClient(_grpc_url(self.environment.parsed_options))
 
     def _infer(self, blobs):
         inp = grpcclient.InferInput(IMAGE_BYTES, list(blobs.shape), "BYTES")
@@ -150,8 +220,8 @@ class HttpUser(_TritonUser):
     protocol = "http"
 
     def _connect(self):
-        host = (self.host or "http://127.0.0.1:8000").split("://", 1)[-1].rstrip("/")
-        return httpclient.InferenceServerClient(host, connection_timeout=self.timeout, network_timeout=self.timeout)
+        return httpclient.InferenceServerClient(_http_host(self.host), connection_timeout=self.timeout,
+                                                network_timeout=self.timeout)
 
     def _infer(self, blobs):
         inp = httpclient.InferInput(IMAGE_BYTES, list(blobs.shape), "BYTES")

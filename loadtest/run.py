@@ -8,7 +8,7 @@ Example::
 
 Without ``--url`` it starts ``htr serve`` on ``--repository`` (loopback, free ports), waits until it is
 ready, runs Locust (``loadtest/locustfile.py``: gRPC and HTTP users, single-image and batch tasks) for
-``--run-time``, stops the server and prints requests/s, p50/p95/p99 and failures. Reports go to
+``--run-time``, stops the server and prints images/s (and requests/s), p50/p95/p99 and failures. Reports go to
 ``--reports`` (default ``loadtest/reports/``): Locust's ``htr_stats.csv``, ``htr_stats_history.csv``,
 ``htr_failures.csv``, ``htr.html`` and ``htr_final.json`` (exact final counts), and ``summary.json``. The summary also checks Locust's request count
 against Triton's own counters (``nv_inference_request_success`` + ``_failure`` of the model, read from
@@ -115,9 +115,21 @@ def run_locust(cmd: list[str], timeout_s: float, env: dict | None = None) -> sub
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout_s)
 
 
+def images_of(stats: dict) -> int:
+    """Images sent: each request name ends with its batch in brackets (``htr [8]``, locustfile.py)."""
+    total = 0
+    for name, e in stats["by_request"].items():
+        m = re.search(r"\[(\d+)\]$", name)
+        total += e["requests"] * (int(m.group(1)) if m else 1)
+    return total
+
+
 def summarise(stats: dict, triton_delta: dict | None, run_time_s: float) -> str:
     t = stats["total"]
-    lines = [f"requests: {t['requests']} in {run_time_s:.0f} s = {t['rps']:.1f} req/s; failures: {t['failures']}",
+    images = images_of(stats)
+    ips = t["rps"] * images / t["requests"] if t["requests"] else 0.0
+    lines = [f"images: {images} in {run_time_s:.0f} s = {ips:.1f} images/s ({t['requests']} requests, "
+             f"{t['rps']:.1f} req/s); failures: {t['failures']}",
              f"latency ms: p50 {t['p50_ms']}, p95 {t['p95_ms']}, p99 {t['p99_ms']} (avg {t['avg_ms'] or 0:.1f})"]
     for name, e in stats["by_request"].items():
         lines.append(f"  {name:<14} {e['requests']:>6} req  {e['rps']:6.1f}/s  p50 {e['p50_ms']}  "

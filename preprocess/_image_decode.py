@@ -46,9 +46,24 @@ def _header_size(i: int, buf: np.ndarray, max_pixels: int) -> tuple[int, int, st
             f"{max_pixels / 1e6:g} megapixels; refused before decoding"
         ) from None
     except UnidentifiedImageError:
-        raise ValueError(f"image {i}: not a decodable image ({len(buf)} bytes of unknown format)") from None
+        raise ValueError(f"image {i}: not a decodable image ({len(buf)} bytes of unknown format){_hint(buf)}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image {i}: not a decodable image ({len(buf)} bytes): {e}") from None
+
+
+# base64 of the magic numbers of JPEG, PNG, BMP, TIFF (both byte orders), GIF, WebP: how an encoded image
+# starts when someone sends its base64 text instead of its bytes (e.g. JSON "data": ["/9j/4AAQ..."]).
+_BASE64_IMAGE_STARTS = (b"/9j/", b"iVBORw0KGgo", b"Qk", b"SUkq", b"TU0AKg", b"R0lGOD", b"UklGR")
+_BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_\r\n")
+
+
+def _hint(buf: np.ndarray) -> str:
+    """What to send instead, when the bytes are base64 text (or a data: URL) rather than the image."""
+    head = buf[:64].tobytes().lstrip()
+    if head.startswith(b"data:image/") or (head.startswith(_BASE64_IMAGE_STARTS) and set(head) <= _BASE64_CHARS):
+        return ("; these bytes are base64 text, not an image: send the file's raw bytes (over HTTP, Triton's "
+                "binary tensor data extension, see the README's curl example; tritonclient does it for you)")
+    return ""
 
 
 def decode_one(i: int, blob, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:

@@ -259,8 +259,8 @@ def limited(tmp_path_factory, checkpoint, kaggle_dir):
     root = tmp_path_factory.mktemp("limited")
     repo = root / "model_repository"
     options = RepositoryOptions(max_request_bytes=300000, max_bytes=100000, max_pixels=1000000, preprocess_instances=1)
-    report = build_repository(checkpoint, repo, options=options, formats="torchscript", engines_dir=root / "engines",
-                              data=kaggle_dir, parity_images=4, shapes={"max_width": 512})
+    report = build_repository(checkpoint, repo, options=options, formats="onnx", engines_dir=root / "engines",
+                              data=kaggle_dir, parity_images=4, shapes={"max_width": 512}, precision="fp32")
     assert report.ok
     server = TritonServer(repo, ServerOptions.with_free_ports(log_file=root / "tritonserver.log"))
     server.start(ready_timeout=180)
@@ -432,6 +432,9 @@ def test_request_handling_never_touches_the_filesystem(model_file):
         for node in ast.walk(f):
             if isinstance(node, ast.Call):
                 name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                receiver = getattr(getattr(node.func, "value", None), "attr", None)
+                if name == "run" and receiver == "session":
+                    continue  # onnxruntime.InferenceSession.run: the network, not subprocess.run
                 if name in FILESYSTEM_CALLS:
                     found.append(f"{f.name}:{node.lineno} {name}()")
     assert not found, f"{model_file.name}: per-request code calls {found}"

@@ -248,7 +248,7 @@ def test_corrupt_file_in_a_folder_fails_alone(triton, corrupt_folder, labelled, 
 def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt_folder, labelled, offline, capsys):
     rc = htr_main(["recognize", "--url", triton.url_grpc, "--csv", "--no-progress", str(corrupt_folder)])
     out, err = capsys.readouterr()
-    assert rc == 0
+    assert rc == 1  # two images could not be read: every other one still is, and the exit status says so
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["FILENAME", "IDENTITY", "CONFIDENCE", "ERROR"]
     assert sorted(r["FILENAME"] for r in rows) == sorted(
@@ -265,7 +265,7 @@ def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt
     out_file.parent.mkdir()
     rc = htr_main(["recognize", "--url", triton.http_endpoint, "--protocol", "http", "--preprocess", "client",
                    "--json", "--output", str(out_file), str(corrupt_folder / "broken.jpg"), str(labelled[0])])
-    assert rc == 0
+    assert rc == 1
     got = json.loads(out_file.read_text())
     assert [g["file"] for g in got] == ["broken.jpg", labelled[0].name]
     assert got[0]["error"] and got[1]["text"] == offline[0][0] and got[1]["error"] is None
@@ -274,7 +274,7 @@ def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt
     rc = htr_main(["recognize", "--url", triton.url_grpc, str(labelled[1]), str(corrupt_folder / "broken.jpg")])
     out, err = capsys.readouterr()  # the default output: a table
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["FILE", "TEXT", "CONFIDENCE", "ERROR"] and len(lines) == 3
+    assert rc == 1 and lines[0].split() == ["FILE", "TEXT", "CONFIDENCE", "ERROR"] and len(lines) == 3
     assert lines[1].startswith(labelled[1].name) and f"  {offline[1][0]}  " in lines[1]
     assert lines[2].startswith("broken.jpg") and "not a decodable image" in lines[2]
 
@@ -345,3 +345,11 @@ def test_served_csv_is_scored_like_htr_eval(triton, kaggle_dir, checkpoint, tmp_
     assert via_server["missing"] == 0 and via_server["n"] == offline["n"] > 200
     for key in ("exact_match", "cer", "wer", "correct_chars"):
         assert via_server[key] == pytest.approx(offline[key], abs=1e-9), key
+
+
+def test_cli_exit_status_is_0_when_every_image_is_read_and_1_for_a_missing_one(triton, labelled, tmp_path, capsys):
+    assert htr_main(["recognize", "--url", triton.url_grpc, "--no-progress", str(labelled[0]), str(labelled[1])]) == 0
+    rc = htr_main(["recognize", "--url", triton.url_grpc, "--no-progress", str(labelled[0]),
+                   str(tmp_path / "no-such-folder")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "1 of 2 images recognised" in err and "no-such-folder" in err

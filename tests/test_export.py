@@ -181,3 +181,20 @@ def test_thread_plan_never_runs_more_pool_threads_than_cores():
         plan = thread_plan(cores)
         assert plan.pool_threads == plan.crnn_threads == cores and plan.train_threads == cores
         assert plan.preprocess_threads == 1 and plan.compute_threads == cores + 1
+
+
+def test_export_without_the_dataset_checks_parity_on_the_shipped_samples(tmp_path, small_checkpoint, capsys):
+    """No Kaggle folder: parity runs on samples/ (with a note), INT8 falls back to FP32 (no labels to gate it)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = build_repository(small_checkpoint, tmp_path / "r", engines_dir=tmp_path / "e", data=empty,
+                              parity_images=8)
+    out = capsys.readouterr().out
+    assert report.ok and report.repository == tmp_path / "r" and len(report.results) == 2
+    assert "the parity check uses the 8 sample images shipped in" in out and "/samples" in out
+    assert report.options.precision == "fp32" and "serving FP32: INT8 needs labelled images" in out
+    rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r2"), "--engines",
+                       str(tmp_path / "e2"), "--data", str(empty), "--formats", "onnx", "--parity-images", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "WARNING: no parity check" in out and "parity against PyTorch" not in out
+    assert (tmp_path / "r2" / "crnn" / "1" / "model.onnx").is_file()

@@ -285,3 +285,15 @@ def test_decode_limits():
         decode_images([blob], max_pixels=1000)
     with pytest.raises(ValueError, match="sequence of encoded images"):
         decode_images(blob)
+
+
+def test_base64_text_instead_of_image_bytes_says_what_to_send():
+    import base64
+
+    png = encode(page_with_ink(), ".png")
+    jpg = encode(page_with_ink(), ".jpg")
+    for blob in (base64.b64encode(png), base64.b64encode(jpg), b"data:image/png;base64," + base64.b64encode(png)):
+        with pytest.raises(ValueError, match="base64 text, not an image: send the file's raw bytes"):
+            decode_images([blob])
+    with pytest.raises(ValueError, match=r"unknown format\)$"):  # other junk: no base64 hint
+        decode_images([b"hello, not an image at all"])
