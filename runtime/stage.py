@@ -123,3 +123,14 @@ def execute_batched(pb_utils, requests, inputs: tuple[str, ...], run: Callable[[
         else pb_utils.InferenceResponse([pb_utils.Tensor(name, np.ascontiguousarray(a)) for name, a in r.items()])
         for r in results
     ]
+
+
+def check_width(pixels: np.ndarray, max_width: int) -> None:
+    """The CPU crnn's guard before the network runs: ``PIXELS`` at least 4 wide (one CTC frame) and at most
+    ``max_width`` (0: no limit). The CNN's activations grow with the width, so a huge width is refused here."""
+    width = pixels.shape[-1]
+    if width < 4:
+        raise RequestError(f"PIXELS width {width} is below the minimum of 4")
+    if max_width and width > max_width:
+        raise RequestError(f"PIXELS width {width} is over the limit of {max_width} (crnn parameter max_width; "
+                           "raise it with export/build_engine.py --max-width)")

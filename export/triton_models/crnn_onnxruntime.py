@@ -3,7 +3,7 @@ import triton_python_backend_utils as pb_utils
 
 from htr.config import HTRConfig
 from htr.runtime.contract import CONFIG_KEY, LOGPROBS, PIXELS
-from htr.runtime.stage import RequestError, execute_batched, stage_config
+from htr.runtime.stage import check_width, execute_batched, stage_config
 
 
 class TritonPythonModel:
@@ -37,10 +37,5 @@ class TritonPythonModel:
 
     def _run(self, batch):
         pixels = batch[PIXELS]  # (N, 1, H, W)
-        width = pixels.shape[-1]
-        if width < 4:
-            raise RequestError(f"PIXELS width {width} is below the minimum of 4")
-        if self.max_width and width > self.max_width:
-            raise RequestError(f"PIXELS width {width} is over the limit of {self.max_width} (crnn parameter "
-                               "max_width; raise it with export/build_engine.py --max-width)")
+        check_width(pixels, self.max_width)
         return {LOGPROBS: self.session.run([LOGPROBS], {PIXELS: pixels})[0]}  # (N, W/4, C)
