@@ -14,7 +14,7 @@ PERF_ARGS ?=
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest dashboards clean help
+.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest monitor dashboards clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -101,6 +101,9 @@ serve: repository  ## serve model_repository/ on 127.0.0.1:8000 (HTTP), 8001 (gR
 
 loadtest: repository  ## bounded headless Locust run (60 s, 16 users) on a local server; reports in loadtest/reports/
 	$(VENV)/bin/htr loadtest --repository model_repository --users 16 --run-time 60s
+
+monitor: install  ## Debian's Prometheus on 127.0.0.1:9090 with the project's rules, scraping a running `htr serve`
+	$(VENV)/bin/htr monitor
 
 dashboards: install  ## regenerate monitoring/grafana/dashboards/serving.json from monitoring/build_dashboards.py
 	$(PY) monitoring/build_dashboards.py

@@ -6,6 +6,7 @@
     htr eval        score a checkpoint on a labelled folder
     htr export      export a checkpoint (TorchScript/ONNX/TensorRT), check parity, write the model repository
     htr serve       run Triton on the model repository (foreground)
+    htr monitor     run Prometheus (Debian's) with the project's rules against a running htr serve
     htr recognize   read images through a running server (client)
     htr loadtest    bounded Locust load test against a local server, with a summary
 
@@ -26,6 +27,7 @@ COMMANDS = {
     "eval": "htr.evaluate",
     "export": "htr.export.build_engine",
     "serve": "htr.serve.cli",
+    "monitor": "htr.serve.monitor",
     "recognize": "htr.client.cli",
     "loadtest": "htr.loadtest.run",
 }

@@ -6,6 +6,7 @@
                              python-backend stub needs
 - :mod:`htr.serve.watchdog`  reloading a model whose python-backend stub died (Triton does not restart it)
 - :mod:`htr.serve.cli`       ``htr serve``, the command line over :class:`TritonServer`
+- :mod:`htr.serve.monitor`   ``htr monitor``: Debian's Prometheus with the project's rules, against a running server
 
 Python API (what the tests, the benchmarks, the load test and the demo use)::
 

@@ -7,7 +7,7 @@ Example::
     htr serve --model-control none         # load once, no repository API use (no ensemble drain, no healing)
 
     # hot-load a new version (explicit mode): copy crnn/2/ into the repository, then
-    curl -X POST -H "htr-admin-key: $(cat /tmp/.../tritonserver.admin-key)" \\
+    curl -X POST -H "htr-admin-key: $(cat runs/serve/tritonserver-8000.admin-key)" \\
          http://127.0.0.1:8000/v2/repository/models/crnn/load
 
 The server is the ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel. Every endpoint binds to
@@ -18,10 +18,18 @@ that change the server (model repository load/unload, trace, logging; off loopba
 memory) answer only requests with the header ``htr-admin-key``; the key is ``$HTR_ADMIN_KEY`` or random,
 written to ``--admin-key-file`` (mode 0600), never printed.
 
-``htr serve`` waits until ``/v2/health/ready`` answers 200, prints the endpoints, then streams the
-server log. Ctrl-C or SIGTERM forwards SIGTERM to tritonserver, which finishes in-flight requests
-(up to ``--drain-timeout``) before it exits; a second signal, or a server still running
-``--drain-timeout`` + 10 s later, gets SIGKILL. Ensemble requests need ``--model-control explicit``
+The server log goes to ``runs/serve/tritonserver-<http-port>.log`` in the checkout (the previous run's is
+kept as ``.log.1``) and the key beside it, ``tritonserver-<http-port>.admin-key``; both paths are printed
+at start, and ``--log-file``/``--admin-key-file`` choose others.
+
+``htr serve`` waits until ``/v2/health/ready`` answers 200, prints the endpoints and the models' states,
+then streams the server log. The echo leaves out what only the log file needs: the start-up tables
+(backends, models, options) and, on a host without a GPU, the CUDA lines Triton writes there (it runs
+without GPU metrics then, so NVML and DCGM stay quiet: ``ServerOptions.gpu``).
+
+Ctrl-C or SIGTERM forwards SIGTERM to tritonserver, which finishes in-flight requests (up to
+``--drain-timeout``) before it exits; a second signal, or a server still running ``--drain-timeout``
++ 10 s later, gets SIGKILL. Ensemble requests need ``--model-control explicit``
 for this: tritonserver's own drain stops every model's scheduler at once, so an ensemble request in
 flight fails at its next step; in explicit mode the ensembles are unloaded first, which lets the requests
 inside them finish (new ones are refused as for an unknown model), then SIGTERM follows. Exit status: 0
@@ -38,6 +46,7 @@ This module is the command line only; the library is :mod:`htr.serve` (``TritonS
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import subprocess
 import sys
@@ -47,9 +56,11 @@ from pathlib import Path
 from htr.paths import ROOT
 
 from .errors import ServerError
-from .server import ADMIN_HEADER, MODEL_CONTROL_MODES, ServerOptions, TritonServer, is_loopback
+from .server import ADMIN_HEADER, MODEL_CONTROL_MODES, ServerOptions, TritonServer, is_loopback, port_in_use
 
 DEFAULT_REPOSITORY = ROOT / "model_repository"
+#: Where ``htr serve`` keeps the server log and the admin key unless told otherwise.
+STATE_DIR = ROOT / "runs" / "serve"
 _DEFAULTS = ServerOptions()
 
 EXPOSE_NOTE = (
@@ -82,9 +93,11 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
                         "default: on with --model-control explicit or poll")
     p.add_argument("--admin-key-file", type=Path, default=None,
                    help="where the key of the restricted APIs (header htr-admin-key) is written, mode 0600; "
-                        "the key is $HTR_ADMIN_KEY or random (None: beside the log file)")
+                        "the key is $HTR_ADMIN_KEY or random (None: beside the log file, <log stem>.admin-key)")
     p.add_argument("--log-verbose", type=int, default=_DEFAULTS.log_verbose, help="tritonserver verbose log level")
-    p.add_argument("--log-file", type=Path, default=None, help="server log file (None: a new temporary file, kept)")
+    p.add_argument("--log-file", type=Path, default=None,
+                   help=f"server log file (None: {STATE_DIR.relative_to(ROOT)}/tritonserver-<http-port>.log in the "
+                        "checkout; the previous run's log is kept as .log.1)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for /v2/health/ready")
     p.add_argument("--drain-timeout", type=int, default=_DEFAULTS.exit_timeout,
                    help="seconds tritonserver waits for in-flight requests on shutdown (SIGKILL 10 s later)")
@@ -95,21 +108,46 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.set_defaults(func=run)
 
 
+def default_log_file(http_port: int) -> Path:
+    """The log file of an ``htr serve`` on ``http_port`` when ``--log-file`` is not given."""
+    return STATE_DIR / f"tritonserver-{http_port}.log"
+
+
 def options_from_args(args) -> ServerOptions:
     """The :class:`ServerOptions` an ``htr serve`` command line asks for (ValueError when they conflict)."""
     heal = args.model_control != "none" if args.heal_stubs is None else args.heal_stubs
+    log_file = args.log_file or default_log_file(args.http_port)
     return ServerOptions(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                          address=args.address, model_control=args.model_control, poll_interval=args.poll_interval,
-                         heal_stubs=heal, on_heal=_say, exit_timeout=args.drain_timeout, log_file=args.log_file,
+                         heal_stubs=heal, on_heal=_say, exit_timeout=args.drain_timeout, log_file=log_file,
                          log_verbose=args.log_verbose, extra_args=tuple(args.extra), tritonserver=args.tritonserver)
 
 
-class _LogFollower:
-    """Copies whole new lines of a growing log file to stdout."""
+# A line that heads one of tritonserver's start-up tables: the usual prefix, then nothing.
+_TABLE_HEAD = re.compile(rb"^[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] *$")
+#: What tritonserver 2.51 writes on a host without a GPU (CPU_ONLY_ARGS removes the NVML/DCGM part; the rest
+#: says only that there is no CUDA driver: for pinned memory, the CUDA pool, an ensemble's CUDA stream; a few
+#: lines per start, none per request). Left out of the echo there, kept in the log file.
+CPU_HOST_NOISE = (b"CUDA driver version is insufficient", b"CudaDriverHelper has not been initialized",
+                  b"CUDA memory pool disabled", b"Pinned memory pool disabled",
+                  b"failed to allocate pinned system memory", b"Failed to initialize NVML", b"DCGM unable to start")
 
-    def __init__(self, path: Path):
+
+def echoed(line: bytes, gpu: bool) -> bool:
+    """Whether ``htr serve`` echoes this log line (the file keeps every line)."""
+    text = line.rstrip(b"\r\n")
+    if not text.strip() or text[:1] in (b"+", b"|") or _TABLE_HEAD.match(text):
+        return False  # the start-up tables: backends, models, options
+    return gpu or not any(noise in text for noise in CPU_HOST_NOISE)
+
+
+class _LogFollower:
+    """Copies whole new lines of a growing log file to stdout, those that ``keep(line)`` accepts."""
+
+    def __init__(self, path: Path, keep=lambda line: True):
         self._f = open(path, "rb")
         self._partial = b""
+        self._keep = keep
 
     def pump(self, final: bool = False) -> None:
         data = self._partial + self._f.read()
@@ -118,8 +156,9 @@ class _LogFollower:
         else:
             cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
-        if cut:
-            sys.stdout.buffer.write(data[:cut])
+        lines = [line for line in data[:cut].splitlines(keepends=True) if self._keep(line)]
+        if lines:
+            sys.stdout.buffer.write(b"".join(lines))
             sys.stdout.flush()
 
     def close(self) -> None:
@@ -141,23 +180,26 @@ def run(args) -> int:
     previous = {s: signal.signal(s, lambda signum, _frame: signals.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if args.log_file is None and server.log_path.exists() and not port_in_use(server.address, server.http_port):
+            server.log_path.replace(server.log_path.with_name(server.log_path.name + ".1"))  # keep one previous log
         try:
             server.spawn()
         except ServerError as e:
             _say(f"error: {e}", err=True)
             return 2
         _say("command: " + subprocess.list2cmdline(server.command(redact=True)))
-        _say(f"log: {server.log_path}")
+        _say(f"log:       {server.log_path}")
         key_file = args.admin_key_file or server.log_path.with_name(server.log_path.stem + ".admin-key")
+        key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.touch(mode=0o600)
         key_file.chmod(0o600)
         key_file.write_text(server.admin_key + "\n")
-        _say(f"model-repository/trace/logging APIs need the header '{ADMIN_HEADER}: <key in {key_file}>'")
+        _say(f"admin key: {key_file} (header '{ADMIN_HEADER}: <key>' on the model-repository/trace/logging APIs)")
         if is_loopback(server.address):
             _say("loopback only; --address 0.0.0.0 exposes it to other machines (no authentication)")
         else:
             _say(f"WARNING: listening on {server.address} without authentication; firewall these ports")
-        log = _LogFollower(server.log_path)
+        log = _LogFollower(server.log_path, keep=lambda line: echoed(line, server.gpu))
         try:
             return _serve(server, log, signals, args)
         finally:
@@ -189,7 +231,15 @@ def _serve(server: TritonServer, log: _LogFollower, signals: list[int], args) ->
         _say(f"{signal.Signals(signals[0]).name} before the server was ready")
         return _shutdown(server, log, signals)
     log.pump()
-    _say(f"ready in {seconds:.1f} s (pid {server.pid})")
+    _say(f"ready in {seconds:.1f} s (pid {server.pid}); start-up tables and the full log in {server.log_path}")
+    if server.model_control != "none":  # the index is the repository API's (none: not served)
+        try:
+            index = server.repository_index()
+            models = (" ".join(str(m[k]) for k in ("name", "version", "state") if m.get(k))
+                      for m in sorted(index, key=lambda m: m["name"]))
+            _say("models   " + ", ".join(models))
+        except (OSError, ValueError):
+            pass
     _say(f"HTTP     {server.url_http}   (health: {server.url_http}/v2/health/ready)")
     _say(f"gRPC     {server.url_grpc}")
     _say(f"metrics  {server.url_metrics}")

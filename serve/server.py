@@ -67,6 +67,19 @@ def is_loopback(address: str) -> bool:
     return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
 
 
+def gpu_present() -> bool:
+    """An NVIDIA device node exists and ``CUDA_VISIBLE_DEVICES`` does not hide every GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+#: tritonserver options for a host without a GPU: no GPU metrics (NVML and DCGM would fail and say so at
+#: every start). The Helm chart's CPU variant passes the same (tests/test_deploy.py compares them).
+CPU_ONLY_ARGS = ("--allow-gpu-metrics=false",)
+
+
 def _connect_host(address: str) -> str:
     """Where a local client reaches a server bound to ``address`` (wildcards -> loopback)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address, address)
@@ -124,6 +137,10 @@ class ServerOptions:
     """Receives the server's stdout and stderr (None: a new temporary file, kept after stop for inspection)."""
     log_verbose: int = 0
     """tritonserver's ``--log-verbose`` level."""
+    gpu: bool | None = None
+    """Whether the host has a GPU for Triton (None: :func:`gpu_present`); without one the server runs with
+    :data:`CPU_ONLY_ARGS`, which keeps NVML and DCGM errors out of its log (``htr serve`` leaves the CUDA
+    lines that remain out of what it echoes)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Variables added on top of :func:`~htr.serve.bundle.stub_environment` (they reach ``model.py`` too)."""
     extra_args: Sequence[str] = ()
@@ -170,6 +187,7 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         self.tritonserver = Path(options.tritonserver) if options.tritonserver else default_tritonserver()
         self.log_path = Path(options.log_file) if options.log_file else None
+        self.gpu = gpu_present() if options.gpu is None else options.gpu
         # The admin APIs (RESTRICTED_APIS; off loopback also shared memory, which maps host /dev/shm objects
         # by name) answer only requests carrying ADMIN_HEADER with this key.
         self.admin_key = options.admin_key or os.environ.get("HTR_ADMIN_KEY") or secrets.token_urlsafe(24)
@@ -243,6 +261,11 @@ class TritonServer:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def repository_index(self, timeout: float = 5.0) -> list[dict]:
+        """The model repository index (``name``, ``version``, ``state``, ``reason`` per model version)."""
+        with self._opener.open(self._admin_request("/v2/repository/index"), timeout=timeout) as r:
+            return json.load(r)
 
     def model_state(self, model: str, timeout: float = 5.0) -> str | None:
         """``READY`` when some version of ``model`` is ready, else its state in the repository index (None:
@@ -339,6 +362,8 @@ class TritonServer:
         if o.model_control == "poll":
             cmd += ["--repository-poll-secs", str(o.poll_interval)]
         cmd += ["--log-verbose", str(o.log_verbose), "--exit-timeout-secs", str(o.exit_timeout)]
+        if not self.gpu:
+            cmd += CPU_ONLY_ARGS
         return cmd + list(o.extra_args)
 
     def log_tail(self, lines: int = 40) -> str:

@@ -264,3 +264,59 @@ def test_cli_reaches_ready_and_stops_on_sigint(tmp_path):
     text = out.read_text()
     assert "SIGINT: stopping tritonserver" in text and "stopped cleanly (status 0)" in text, text
     assert not _stub_processes(repository)
+
+
+def _serve_until_ready(cmd: list[str], out: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while "htr serve: ready in" not in out.read_text():
+        assert proc.poll() is None, f"htr serve exited early:\n{out.read_text()}"
+        assert time.monotonic() < deadline, f"not ready after {timeout:.0f} s:\n{out.read_text()}"
+        time.sleep(0.2)
+    return proc, out.read_text()
+
+
+def test_cli_start_is_quiet_and_its_files_have_stable_printed_paths(tmp_path):
+    """Without --log-file/--admin-key-file, ``htr serve`` keeps its log and key at stable paths named by the
+    HTTP port under runs/serve/ and prints them; a second run keeps the first run's log as .log.1. Before
+    ``ready`` it echoes no start-up table and, without a GPU, none of the CUDA/NVML/DCGM lines (the log
+    file keeps the tables)."""
+    from htr.serve.cli import default_log_file
+    from htr.serve.server import CPU_ONLY_ARGS, gpu_present
+
+    repository = _make_repository(tmp_path / "model_repository")
+    ports = _ports()
+    log = default_log_file(ports["http_port"])
+    key_file = log.with_name(log.stem + ".admin-key")
+    cmd = [sys.executable, "-m", "htr.cli", "serve", "--repository", str(repository),
+           "--http-port", str(ports["http_port"]), "--grpc-port", str(ports["grpc_port"]),
+           "--metrics-port", str(ports["metrics_port"]), "--ready-timeout", "60"]
+    try:
+        for run in (1, 2):
+            proc, text = _serve_until_ready(cmd, tmp_path / f"serve{run}.out")
+            try:
+                assert f"htr serve: log:       {log}\n" in text and f"htr serve: admin key: {key_file} " in text
+                key = key_file.read_text().strip()
+                assert key_file.stat().st_mode & 0o777 == 0o600 and key not in text
+                status = _post_status(f"http://127.0.0.1:{ports['http_port']}/v2/repository/index",
+                                      {"htr-admin-key": key})
+                assert status == 200  # the printed file holds the key of this run
+                before_ready = text.split("htr serve: ready in")[0]
+                echoed = [line for line in before_ready.splitlines() if not line.startswith("htr serve: ")]
+                assert all(line[:1] not in "+|" and line.strip() for line in echoed), before_ready
+                assert len(echoed) <= 12, before_ready  # was ~60 lines of tables and GPU errors
+                if not gpu_present():
+                    assert all(a in text for a in CPU_ONLY_ARGS), text
+                    for noise in ("CUDA", "NVML", "DCGM", "Cuda"):
+                        assert noise not in before_ready, before_ready
+                assert f"htr serve: models   {MODEL} 1 READY" in text
+                assert "| Model" in log.read_text() and "| Option" in log.read_text()  # the tables: in the log
+            finally:
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(timeout=40) == 0, (tmp_path / f"serve{run}.out").read_text()
+        previous = log.with_name(log.name + ".1")
+        assert previous.is_file() and "successfully loaded" in previous.read_text()
+    finally:
+        for f in (log, log.with_name(log.name + ".1"), key_file):
+            f.unlink(missing_ok=True)
