@@ -13,12 +13,16 @@ and the confident ones join the training set.
 Everything a resumed run needs is in ``OUT/last.pt``; ``OUT/best.pt`` holds the best validation CER.
 Prometheus metrics (loss, CER, exact match, learning rate, samples/s, epoch, memory) are served on
 ``--metrics-port`` (loopback) while training runs.
+
+On several processes: ``torchrun --nproc_per_node N -m htr.cli train ...`` (see htr.distributed): the same
+flags, ``--batch-size`` and ``--lr`` stay global, rank 0 writes the checkpoints and serves the metrics.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from . import distributed
 from .config import HTRConfig, InputConfig, ModelConfig
 from .data import Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples
 from .scores import score
@@ -71,7 +76,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights and config")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="global batch, over all processes (under torchrun each rank takes batch-size / WORLD_SIZE; "
+                        "--lr is for this global batch: the same flags, the same optimisation on any number of ranks)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the run (in epochs)")
@@ -83,7 +90,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history.jsonl)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    g.add_argument("--dist-timeout", type=float, default=1800,
+                   help="under torchrun: seconds a rank waits for the others in a collective before the job fails")
     g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
     g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--threads", type=int, default=0,
@@ -188,7 +197,9 @@ def lr_factor(progress: float, warmup: float) -> float:
 
 
 @torch.inference_mode()
-def validate(model, loader, cfg: HTRConfig, device) -> dict:
+def validate(model, loader, cfg: HTRConfig, device, ctx: distributed.Context = distributed.Context()) -> dict:
+    """Greedy reads of ``loader`` scored against its labels; under torchrun ``loader`` holds this rank's shard
+    (``ctx.shard``) and the reads are gathered back in dataset order, so every rank gets the same result."""
     model.eval()
     preds, labels, losses = [], [], []
     for batch in loader:
@@ -197,6 +208,9 @@ def validate(model, loader, cfg: HTRConfig, device) -> dict:
         preds += [t for t, _ in ctc_greedy_decode(logprobs.cpu().numpy(), cfg.alphabet, cfg.blank)]
         labels += batch["texts"]
     model.train()
+    if ctx.distributed:
+        pairs, parts = ctx.gather_strided(list(zip(preds, labels))), ctx.gather(losses)
+        preds, labels, losses = [p for p, _ in pairs], [t for _, t in pairs], [x for part in parts for x in part]
     result = score(preds, labels)
     result["loss"] = float(np.mean(losses)) if losses else float("nan")
     result["examples"] = [[t, p] for t, p in zip(labels[:5], preds[:5])]
@@ -204,17 +218,18 @@ def validate(model, loader, cfg: HTRConfig, device) -> dict:
 
 
 def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, device, batch_size=64,
-                 progress=True, stop=lambda: False) -> list[Sample]:
+                 progress=True, stop=lambda: False, ctx: distributed.Context = distributed.Context()) -> list[Sample]:
     """Read unlabelled images with a lexicon beam search; keep those at least ``threshold`` confident.
 
     ``stop()`` is checked between batches: a run told to stop returns what it has labelled so far.
+    Under torchrun each rank reads its shard (``ctx.shard``) of the sorted files; the caller gathers.
     """
     from tqdm import tqdm
 
     from .ctc_decoder import CTCDecoder
     from .preprocess import decode_images, preprocess_batch
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = ctx.shard(sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
     codec = CTCDecoder(cfg, "beam", 10, lexicon_words or None)
     kept = []
     model.eval()
@@ -252,12 +267,19 @@ def _set_rng_state(state: dict) -> None:
 # --- main ------------------------------------------------------------------------------------------
 
 def run(args) -> int:
+    """``htr train``: one process, or one rank of a torchrun job (htr.distributed)."""
+    return distributed.launch(_train, args, pick_device(args.device), args.dist_timeout)
+
+
+def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     from torch.utils.data import ConcatDataset, DataLoader
     from tqdm import tqdm
 
-    torch.set_num_threads(args.threads or thread_plan().train_threads)  # affinity, not os.cpu_count()
-    device = pick_device(args.device)
+    say = print if ctx.is_main else (lambda *_a, **_k: None)  # one log for the job: rank 0's
+    # affinity, not os.cpu_count(); ranks on one machine share its cores
+    torch.set_num_threads(args.threads or (ctx.threads() if ctx.distributed else thread_plan().train_threads))
     use_amp = device.type == "cuda" and args.amp != "off"
+    rank_batch = ctx.rank_batch(args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
 
@@ -265,9 +287,12 @@ def run(args) -> int:
     resume_ckpt = None
     if args.resume:
         last = args.out / "last.pt"
-        if not last.is_file():
-            raise SystemExit(f"error: --resume but {last} does not exist")
-        resume_ckpt = load_checkpoint(last)
+
+        def read_last():  # on rank 0 only: OUT need not be shared storage
+            if not last.is_file():
+                raise SystemExit(f"error: --resume but {last} does not exist")
+            return load_checkpoint(last)
+        resume_ckpt = ctx.on_main(read_last)
         cfg = HTRConfig.from_dict(resume_ckpt["config"])
     elif args.init:
         init_ckpt = load_checkpoint(args.init)
@@ -275,8 +300,8 @@ def run(args) -> int:
         cfg = replace(init_cfg, input=replace(init_cfg.input, height=args.height or init_cfg.input.height,
                                               width=args.width or init_cfg.input.width))
         if cfg.input != init_cfg.input:
-            print(f"--init: input {init_cfg.input.height}x{init_cfg.input.width} -> "
-                  f"{cfg.input.height}x{cfg.input.width}")
+            say(f"--init: input {init_cfg.input.height}x{init_cfg.input.width} -> "
+                f"{cfg.input.height}x{cfg.input.width}")
     else:
         channels = tuple(int(c) for c in args.channels.split(","))
         cfg = HTRConfig(input=InputConfig(height=args.height or InputConfig.height,
@@ -289,13 +314,13 @@ def run(args) -> int:
     for d in real_dirs:
         samples, report = read_kaggle(d / "labels.csv", None, cfg.alphabet)
         tr, ev = split_samples(samples, args.eval_fraction)
-        print(f"{report}; train {len(tr)}, held out for validation {len(ev)}")
+        say(f"{report}; train {len(tr)}, held out for validation {len(ev)}")
         train_samples += tr * max(1, args.real_repeat)
         val_samples += ev
     for spec in args.data:
         csv_path, _, images = spec.partition(":")
         samples, report = read_kaggle(csv_path, images or None, cfg.alphabet)
-        print(report)
+        say(report)
         train_samples += samples
     if not val_samples:
         raise SystemExit("error: no validation images: give --real with a Kaggle-layout folder")
@@ -314,7 +339,7 @@ def run(args) -> int:
         lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None
 
     collate = Collate(cfg, build_augment(args.augment) if args.augment > 0 else None)
-    val_loader = DataLoader(ImageDataset(val_samples), batch_size=64, shuffle=False, collate_fn=Collate(cfg))
+    val_loader = DataLoader(ImageDataset(ctx.shard(val_samples)), batch_size=64, shuffle=False, collate_fn=Collate(cfg))
 
     # model + optimisation
     model = CRNN(cfg).to(device)
@@ -325,6 +350,9 @@ def run(args) -> int:
         m = CRNN(init_cfg).to(device)
         m.load_state_dict(init_ckpt["state_dict"])
         return m
+    net = ctx.wrap(model)  # DDP under torchrun: trains `model`, which stays the one to validate and save
+    if ctx.rank:  # same initial weights (DDP broadcasts rank 0's), different dropout / augmentation draws
+        seed_everything(args.seed + ctx.rank)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     per_epoch = math.ceil((len(train_samples) + (args.synth or 0)) / args.batch_size)  # before pseudo-labels
 
@@ -341,24 +369,31 @@ def run(args) -> int:
         start_epoch, step = resume_ckpt["epoch"], resume_ckpt["step"]
         best_cer, stale = resume_ckpt["best_cer"], resume_ckpt["stale"]
         pseudo = [Sample(Path(p), t, "pseudo", args.pseudo_weight) for p, t in resume_ckpt.get("pseudo", [])]
-        _set_rng_state(resume_ckpt["rng"])
-        print(f"resumed from {args.out / 'last.pt'} at epoch {start_epoch}, step {step}")
+        rngs = resume_ckpt.get("rng_ranks", [])  # one per rank from a torchrun job; else all continue rank 0's
+        _set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world else resume_ckpt["rng"])
+        say(f"resumed from {args.out / 'last.pt'} at epoch {start_epoch}, step {step}")
 
-    metrics = TrainMetrics(args.metrics_port, args.metrics_addr, args.out.name, str(device))
-    print(f"model: {count_parameters(model):,} parameters, input {cfg.input.height}x{cfg.input.width}, "
-          f"{cfg.num_classes} classes; device {device}{' + AMP' if use_amp else ''}; "
-          f"{len(train_samples)} real/extra + {args.synth} synthetic samples per epoch, {per_epoch} steps/epoch"
-          + (f"; metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics" if args.metrics_port else ""))
+    metrics = TrainMetrics(args.metrics_port if ctx.is_main else 0, args.metrics_addr, args.out.name, str(device))
+    say(f"model: {count_parameters(model):,} parameters, input {cfg.input.height}x{cfg.input.width}, "
+        f"{cfg.num_classes} classes; device {device}{' + AMP' if use_amp else ''}; "
+        f"{len(train_samples)} real/extra + {args.synth} synthetic samples per epoch, {per_epoch} steps/epoch"
+        + (f"; metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics" if args.metrics_port else ""))
+    if ctx.distributed:
+        say(ctx.describe(args.batch_size, args.lr))
 
     stop = {"now": False}
 
+    def stopping() -> bool:  # every rank takes part (a collective under torchrun): all stop at the same step
+        stop["now"] = ctx.any(stop["now"])
+        return stop["now"]
+
     def _graceful(signum, _frame):
         stop["now"] = True
-        print(f"\nsignal {signum}: finishing this step (or pseudo-labelling batch), then stopping",
-              file=sys.stderr)
+        say(f"\nsignal {signum}: finishing this step (or pseudo-labelling batch), then stopping",
+            file=sys.stderr)
 
     old_handlers = {s: signal.signal(s, _graceful) for s in (signal.SIGINT, signal.SIGTERM)}
-    history = open(args.out / "history.jsonl", "a")
+    history = open(args.out / "history.jsonl" if ctx.is_main else os.devnull, "a")
     model.train()
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -368,12 +403,14 @@ def run(args) -> int:
                 first = not args.resume and args.init and epoch == start_epoch and cfg.input != init_cfg.input
                 labeller, label_cfg = (init_model(), init_cfg) if first else (model, cfg)
                 labelled = pseudo_label(labeller, label_cfg, args.pseudo, lexicon_words, args.pseudo_threshold,
-                                        device, progress=not args.no_progress, stop=lambda: stop["now"])
-                if stop["now"]:  # the previous epoch's last.pt stays the resume point; --resume relabels
-                    print("stopped while pseudo-labelling: this epoch is not trained", file=sys.stderr)
+                                        device, progress=not args.no_progress and ctx.is_main,
+                                        stop=lambda: stop["now"], ctx=ctx)
+                labelled = ctx.gather_sorted(labelled, key=lambda s: s.path)  # every rank: the same training set
+                if stopping():  # the previous epoch's last.pt stays the resume point; --resume relabels
+                    say("stopped while pseudo-labelling: this epoch is not trained", file=sys.stderr)
                     break
                 pseudo = [replace(s, weight=args.pseudo_weight) for s in labelled]
-                print(f"pseudo-labelled {len(pseudo)} images at confidence >= {args.pseudo_threshold}")
+                say(f"pseudo-labelled {len(pseudo)} images at confidence >= {args.pseudo_threshold}")
             metrics.pseudo.set(len(pseudo))
             parts = [ImageDataset(train_samples + pseudo)]
             if synth is not None:
@@ -381,29 +418,31 @@ def run(args) -> int:
                 parts.append(synth)
             dataset = ConcatDataset(parts)
             gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=gen,
-                                collate_fn=collate, num_workers=args.workers, drop_last=True,
-                                persistent_workers=False,
-                                worker_init_fn=lambda w: np.random.seed((args.seed * 7919 + epoch * 31 + w) % 2**32))
+            sampler = ctx.sampler(dataset, args.seed * 1000, epoch)  # None: one process, the loader shuffles
+            loader = DataLoader(dataset, batch_size=rank_batch, shuffle=sampler is None, sampler=sampler,
+                                generator=gen, collate_fn=collate, num_workers=args.workers, drop_last=True,
+                                persistent_workers=False, worker_init_fn=lambda w: np.random.seed(
+                                    (args.seed * 7919 + epoch * 31 + w + 104729 * ctx.rank) % 2**32))
             metrics.epoch.set(epoch + 1)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, unit="batch")
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress or not ctx.is_main,
+                       unit="batch")
             window, t_window, n_window = [], time.perf_counter(), 0
 
             def report(bar):
                 rate = n_window / max(1e-9, time.perf_counter() - t_window)
-                lr_now = opt.param_groups[0]["lr"]
-                metrics.loss.labels("train").set(float(np.mean(window)))
+                lr_now, loss_now = opt.param_groups[0]["lr"], ctx.mean(float(np.mean(window)))  # the global batch's
+                metrics.loss.labels("train").set(loss_now)
                 metrics.lr.set(lr_now)
                 metrics.rate.set(rate)
                 metrics.step.set(step)
                 metrics.update_memory(device)
-                bar.set_postfix(loss=f"{np.mean(window):.3f}", lr=f"{lr_now:.2e}", ips=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{loss_now:.3f}", lr=f"{lr_now:.2e}", ips=f"{rate:.0f}")
 
             for i_batch, batch in enumerate(bar):
                 set_lr(epoch + i_batch / len(loader))
                 pixels = batch["pixels"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    logprobs = model(pixels)
+                    logprobs = net(pixels)
                 batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
                 loss = ctc_loss(logprobs, batch)
                 opt.zero_grad(set_to_none=True)
@@ -414,16 +453,17 @@ def run(args) -> int:
                 scaler.update()
                 step += 1
                 window.append(loss.item())
-                n_window += len(batch["texts"])
-                metrics.samples.inc(len(batch["texts"]))
+                n_window += len(batch["texts"]) * ctx.world  # every rank's batch is the same size
+                metrics.samples.inc(len(batch["texts"]) * ctx.world)
                 if step % 10 == 0:
                     report(bar)
                     window, t_window, n_window = [], time.perf_counter(), 0
-                if stop["now"] or (args.max_steps and step >= args.max_steps):
+                if stopping() or (args.max_steps and step >= args.max_steps):
                     break
             if window:
                 report(bar)
-            val = validate(model, val_loader, cfg, device)
+            ctx.sync_buffers(model)  # rank 0's BatchNorm statistics: the model every rank validates is the one saved
+            val = validate(model, val_loader, cfg, device, ctx)
             metrics.loss.labels("val").set(val["loss"])
             metrics.cer.labels("val").set(val["cer"])
             metrics.exact.labels("val").set(val["exact_match"])
@@ -434,31 +474,34 @@ def run(args) -> int:
                       **{f"val_{k}": v for k, v in val.items()}, "pseudo": len(pseudo)}
             history.write(json.dumps(record) + "\n")
             history.flush()
-            print(f"epoch {epoch + 1}: val loss {val['loss']:.3f} CER {val['cer']:.4f} exact {val['exact_match']:.3f} "
-                  f"(best CER {best_cer:.4f}{', saved best.pt' if improved else ''}) e.g. {val['examples'][:3]}")
+            say(f"epoch {epoch + 1}: val loss {val['loss']:.3f} CER {val['cer']:.4f} exact {val['exact_match']:.3f} "
+                f"(best CER {best_cer:.4f}{', saved best.pt' if improved else ''}) e.g. {val['examples'][:3]}")
             state = {"epoch": epoch + 1, "step": step, "best_cer": best_cer, "stale": stale,
                      "optimizer": opt.state_dict(), "rng": _rng_state(),
                      "val": {k: v for k, v in val.items() if k != "examples"},
                      "pseudo": [[str(s.path), s.text] for s in pseudo], "args": json.dumps(vars(args), default=str)}
-            save_checkpoint(args.out / "last.pt", model, cfg, **state)
-            if improved:
-                save_checkpoint(args.out / "best.pt", model, cfg, epoch=epoch + 1, step=step,
-                                val={k: v for k, v in val.items() if k != "examples"})
-            if stop["now"] or (args.max_steps and step >= args.max_steps):
+            if ctx.distributed:
+                state["rng_ranks"] = ctx.gather(state["rng"])
+            if ctx.is_main:
+                save_checkpoint(args.out / "last.pt", model, cfg, **state)
+                if improved:
+                    save_checkpoint(args.out / "best.pt", model, cfg, epoch=epoch + 1, step=step,
+                                    val={k: v for k, v in val.items() if k != "examples"})
+            if stopping() or (args.max_steps and step >= args.max_steps):
                 break
             if stale >= args.patience:
-                print(f"early stop: no better validation CER for {args.patience} epochs")
+                say(f"early stop: no better validation CER for {args.patience} epochs")
                 break
     finally:
         history.close()
         if args.metrics_linger > 0 and metrics.server is not None and not stop["now"] and sys.exc_info()[0] is None:
-            print(f"metrics stay up on {args.metrics_addr}:{args.metrics_port} for {args.metrics_linger:.0f} s",
-                  flush=True)
+            say(f"metrics stay up on {args.metrics_addr}:{args.metrics_port} for {args.metrics_linger:.0f} s",
+                flush=True)
             deadline = time.monotonic() + args.metrics_linger
             while time.monotonic() < deadline and not stop["now"]:
                 time.sleep(0.2)
         metrics.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
-    print(f"done: best validation CER {best_cer:.4f}; checkpoints in {args.out}")
+    say(f"done: best validation CER {best_cer:.4f}; checkpoints in {args.out}")
     return 0
