@@ -7,8 +7,8 @@
 #   START=10 scripts/train_shipped.sh        # resume from stage 10 (needs runs/shipped/stage7/best.pt)
 #
 # Time (the card's wall clock on the 2-core dev VM, quiet CPU): stages 1-7 at 32x256 about 4.5 h, stages 10-12
-# at 48x384 about 4 h: some 8.5 h in all (ten-odd minutes on a single modern GPU: `htr train` uses CUDA AMP
-# there). The result differs from the shipped weights in the last digits (threads, library versions); the
+# at 48x384 about 4 h: some 8.5 h in all. On one GPU (`htr train` uses CUDA AMP there) an estimate, not
+# measured here: under an hour, bound by the CPU-side image decoding and augmentation. The result differs from the shipped weights in the last digits (threads, library versions); the
 # card's validation curves say what to expect. HTR_DATA (default ../shared/data/kaggle_names) is the
 # Kaggle-layout folder; the metrics port of each stage is htr train's default.
 set -euo pipefail
