@@ -77,3 +77,24 @@ def triton(cpu_repository, tmp_path_factory):
     server.start(ready_timeout=180)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_kaggle(tmp_path_factory, kaggle_dir):
+    """A Kaggle-layout folder with 60 real labelled images (the hash split still applies: 41 train / 19 held
+    out), and their labels as the names corpus: the training smoke runs' data."""
+    import csv
+
+    from htr.data import read_kaggle
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "labelled").mkdir()
+    samples, _ = read_kaggle(kaggle_dir / "labels.csv")
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["FILENAME", "IDENTITY"])
+        for s in samples[:60]:
+            (root / "labelled" / s.path.name).write_bytes(s.path.read_bytes())
+            w.writerow([s.path.name, s.text])
+    (root / "names_corpus.txt").write_text("\n".join(s.text for s in samples) + "\n")
+    return root

@@ -16,7 +16,6 @@ then runs ``htr train``. The tests compare those records:
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -157,24 +156,6 @@ def _worker(record: Path, argv: list[str]) -> int:
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_kaggle(tmp_path_factory, kaggle_dir):
-    """60 real labelled images in the Kaggle layout (41 train / 19 held out by the hash split)."""
-    from htr.data import read_kaggle
-
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "labelled").mkdir()
-    samples, _ = read_kaggle(kaggle_dir / "labels.csv")
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["FILENAME", "IDENTITY"])
-        for s in samples[:60]:
-            (root / "labelled" / s.path.name).write_bytes(s.path.read_bytes())
-            w.writerow([s.path.name, s.text])
-    (root / "names_corpus.txt").write_text("\n".join(s.text for s in samples) + "\n")
-    return root
-
 
 @pytest.fixture(scope="module")
 def common(tiny_kaggle, tmp_path_factory) -> list[str]:

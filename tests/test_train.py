@@ -26,22 +26,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_kaggle(tmp_path_factory, kaggle_dir):
-    """A Kaggle-layout folder with 60 real labelled images (hash split still applies)."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "labelled").mkdir()
-    samples, _ = read_kaggle(kaggle_dir / "labels.csv")
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["FILENAME", "IDENTITY"])
-        for s in samples[:60]:
-            (root / "labelled" / s.path.name).write_bytes(s.path.read_bytes())
-            w.writerow([s.path.name, s.text])
-    (root / "names_corpus.txt").write_text("\n".join(s.text for s in samples) + "\n")
-    return root
-
-
 @pytest.mark.slow
 def test_overfit_one_batch(kaggle_dir):
     """4 real images, a small CRNN, <= 450 steps: CTC loss below 0.5 and greedy decoding mostly right."""
