@@ -48,8 +48,7 @@ from htr.paths import ROOT, default_data_dir
 from htr.runtime.contract import MAX_BYTES, MAX_PIXELS, MAX_REQUEST_BYTES, MAX_WIDTH
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+from htr.cli import HelpFormatter as _HelpFormatter  # noqa: E402  (defaults shown once)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:

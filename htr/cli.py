@@ -33,8 +33,17 @@ COMMANDS = {
 }
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown once: not appended where the help already states its default, nor as "None"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "(default" in text or "default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+_HelpFormatter = HelpFormatter
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
