@@ -14,8 +14,8 @@ So the plan keeps one spinning-free compute pool, sized to the cores, and makes 
 - training (``htr train``): torch intra-op threads = ``cores`` (nothing else runs beside it).
 
 Measured on the 2-core dev VM (BENCHMARKS.md, "perf_analyzer"): crnn with 2 threads serves 323 images/s where
-1 thread (the strict "never more threads than cores, counting every stage" plan) serves 200; with a busy process
-pinned on one core both serve 181 (no collapse: nothing spins). ``compute_threads`` therefore counts the
+1 thread (the strict "never more threads than cores, counting every stage" plan) serves 200; with a busy-loop
+process running beside them both serve 181 (no collapse: nothing spins). ``compute_threads`` therefore counts the
 spinning-free crnn pool plus the 1-thread preprocess kernel, and is ``cores + 1``; the stages never run more
 than ``cores`` OpenMP/ONNX Runtime workers at once.
 
