@@ -49,6 +49,7 @@ from _common import ROOT, machine, require_data, stamp, write_json
 
 from htr.paths import default_data_dir
 from htr.runtime.contract import CONFIG_KEY, CRNN, ENSEMBLE, IMAGE_BYTES, PIXELS
+from htr.threads import available_cores
 
 MODELS = (ENSEMBLE, CRNN)
 US_PER_MS = 1000.0
@@ -298,7 +299,7 @@ def physical(args) -> dict:
     from htr.model import load_model
     from htr.preprocess import decode_images, preprocess_batch
 
-    threads = len(os.sched_getaffinity(0))
+    threads = available_cores()
     model, cfg, _ = load_model(args.checkpoint)
     model.eval()
     ic = cfg.input

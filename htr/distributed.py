@@ -28,7 +28,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .threads import available_cores
+from .threads import thread_plan
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ class Context:
         return self.rank == 0
 
     def threads(self) -> int:
-        """torch intra-op threads for this rank: the cores shared out among the ranks on this machine."""
-        return max(1, available_cores() // self.local_world)
+        """torch intra-op threads for this rank: the thread plan's training threads (the cores this process may
+        use) shared out among the ranks on this machine; all of them for a plain single-process run."""
+        return max(1, thread_plan().train_threads // self.local_world)
 
     def rank_batch(self, global_batch: int) -> int:
         if global_batch % self.world:

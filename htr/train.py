@@ -42,7 +42,6 @@ from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, sa
 from .preprocess import ctc_greedy_decode
 
 from .paths import default_data_dir
-from .threads import thread_plan
 from .training_exporter import TrainingExporter
 
 
@@ -230,7 +229,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
 
     say = print if ctx.is_main else (lambda *_a, **_k: None)  # one log for the job: rank 0's
     # affinity, not os.cpu_count(); ranks on one machine share its cores
-    torch.set_num_threads(args.threads or (ctx.threads() if ctx.distributed else thread_plan().train_threads))
+    torch.set_num_threads(args.threads or ctx.threads())
     use_amp = device.type == "cuda" and args.amp != "off"
     rank_batch = ctx.rank_batch(args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
