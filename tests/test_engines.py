@@ -16,10 +16,9 @@ import tritonclient.grpc as grpcclient
 from htr.ctc_decoder import CTCDecoder
 from htr.data import read_kaggle
 from htr.export.build import build_repository
-from htr.export.quantize import session
+from htr.export.quantize import pixels_of, session
 from htr.export.repository import RepositoryOptions, read_config
 from htr.offline import OfflineRecognizer
-from htr.preprocess import decode_images, preprocess_batch
 from htr.runtime.contract import CONFIDENCE, CRNN, ENSEMBLE, ERROR, IMAGE_BYTES, LOGPROBS, PIXELS, TEXT
 from htr.serve import ServerOptions, TritonServer
 
@@ -59,8 +58,7 @@ def _offline(engine: str, repo, checkpoint, labelled) -> list[tuple[str, float]]
     assert crnn.parameters["precision"].string_value == "int8"
     rec = OfflineRecognizer(checkpoint)
     cfg, sess = rec.cfg, session(repo / CRNN / "1" / "model.onnx", threads=1)
-    images = decode_images([s.path.read_bytes() for s in labelled])
-    pixels = preprocess_batch(images, cfg.input.height, cfg.input.width, cfg.input.binarize)
+    pixels = pixels_of([s.path for s in labelled], cfg)  # (N, 1, H, W), as the build's accuracy gate reads them
     decoder = CTCDecoder(cfg)
     out = []
     for i in range(0, len(pixels), 64):
