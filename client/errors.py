@@ -122,10 +122,12 @@ def classify(exc: BaseException) -> str | None:
 
 
 def describe(exc: BaseException) -> str:
+    """The server's (or transport's) message for a failed call, never empty: tritonclient's exceptions can
+    print as an empty string, so their message, else their status, else the type name."""
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):
-        return exc.message() or str(exc)
+        return exc.message() or str(exc) or exc.status() or type(exc).__name__
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

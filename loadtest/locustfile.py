@@ -40,6 +40,7 @@ import tritonclient.http as httpclient  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
+from htr.client.errors import describe  # noqa: E402  (the server's message, never an empty one)
 from htr.runtime.contract import ENSEMBLE, ERROR, IMAGE_BYTES, TEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,17 +86,6 @@ def _grpc_url(options) -> str:
 
 def _http_host(host: str | None) -> str:
     return (host or "http://127.0.0.1:8000").split("://", 1)[-1].rstrip("/")
-
-
-def describe(error: BaseException) -> str:
-    """The server's own message for a failed call (tritonclient's exceptions often print as an empty string)."""
-    parts = []
-    for attr in ("status", "message", "debug_details"):
-        value = getattr(error, attr, None)
-        value = value() if callable(value) else value
-        if value and str(value) not in parts:
-            parts.append(str(value))
-    return ": ".join(parts) or str(error) or repr(error)
 
 
 def _unready(environment) -> str:
