@@ -15,7 +15,7 @@ Docker runs it every few seconds (docker-compose.yml `healthcheck:`); exit statu
    (Docker by itself only marks a container unhealthy; it restarts only containers that exit).
 
 ``--drain`` is the first half of `htr serve`'s stop (TritonServer.drain_ensembles), which the entrypoint
-runs on SIGTERM before it forwards the signal: unload every ready ensemble and wait (up to
+runs on SIGTERM before it forwards the signal, and the Helm chart's preStop hook after the endpoint delay: unload every ready ensemble and wait (up to
 HTR_DRAIN_TIMEOUT s) until they are gone, so the requests inside them finish while their steps are still
 loaded; tritonserver's own drain stops every model's scheduler at once (Triton 2.51, server#6287).
 

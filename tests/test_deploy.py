@@ -38,6 +38,8 @@ CHART = DEPLOY / "helm" / "htr-triton"
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
 KSERVE = DEPLOY / "kserve" / "htr-triton.yaml"
 QUERY_FILE = CHART / "files" / "queue-time-per-request.promql"
+DRAIN = ROOT / "docker" / "triton-healthcheck.py"  # its --drain is the pod's preStop, as compose's stop
+PRESTOP = ["sh", "-c", 'sleep "$HTR_ENDPOINT_DELAY"; python3 /opt/htr/bin/triton-healthcheck.py --drain || true']
 RELEASE, NAMESPACE = "t", "serving"
 FULLNAME = f"{RELEASE}-htr-triton"
 OLDEST_KUBERNETES = "1.30"
@@ -173,7 +175,15 @@ def check_matches_htr_serve(objects: list[dict], values: dict) -> None:
     env = {e["name"]: e for e in triton["env"]}
     assert env["HTR_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["key"]  # from a Secret, never a literal
     assert "value" not in env["HTR_ADMIN_KEY"]
-    assert env["HTR_ADMIN_HEADER"]["value"] == t["admin_header"]
+    # the drain reads the same key as a file (the same Secret, mounted) and sends it in htr serve's header
+    assert env["HTR_ADMIN_KEY_FILE"]["value"] == "/run/secrets/htr_admin_key"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in triton["volumeMounts"]}
+    assert mounts["admin-key"]["mountPath"] == "/run/secrets" and mounts["admin-key"]["readOnly"]
+    assert volumes["admin-key"]["secret"]["secretName"] == env["HTR_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"]
+    assert volumes["admin-key"]["secret"]["items"] == [
+        {"key": env["HTR_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["key"], "path": "htr_admin_key"}]
+    assert re.search(rf'^HEADER = "{t["admin_header"]}"', DRAIN.read_text(), re.M)
     assert env["HTR_HTTP_PORT"]["value"] == str(o.http_port)
     assert env["HTR_DRAIN_TIMEOUT"]["value"] == str(o.exit_timeout)
 
@@ -183,7 +193,7 @@ def check_matches_htr_serve(objects: list[dict], values: dict) -> None:
         assert get["path"] == path and ports.get(get["port"], get["port"]) == o.http_port, (probe, get)
 
     # preStop: endpoint delay + ensemble drain (exit_timeout) + SIGTERM drain (exit_timeout) + htr serve's margin
-    assert triton["lifecycle"]["preStop"]["exec"]["command"] == ["python3", "/etc/htr/prestop.py"]
+    assert triton["lifecycle"]["preStop"]["exec"]["command"] == PRESTOP
     delay = int(env["HTR_ENDPOINT_DELAY"]["value"])
     assert pod["terminationGracePeriodSeconds"] == delay + 2 * o.exit_timeout + t["kill_after"]
 
@@ -349,7 +359,7 @@ def test_value_sets_cover_the_variants():
 def test_rendered_objects_validate_against_kubernetes_schemas(values):
     for version in _kubernetes_versions():
         objects = render(values, kube=f"{version}.0")
-        assert {"Deployment", "Service", "ServiceAccount", "ConfigMap"} <= kinds(objects)
+        assert {"Deployment", "Service", "ServiceAccount"} <= kinds(objects)  # the preStop drain is in the image
         validate_objects(objects, version)
         check_crds(objects)
         check_matches_htr_serve(objects, chart_values(values=values))
@@ -443,24 +453,23 @@ def test_gpu_and_cpu_variants():
         assert "replicas" not in one(render(values), "Deployment")["spec"]
 
 
-def test_prestop_hook_is_the_shipped_script():
-    objects = render()
-    hooks = one(objects, "ConfigMap", f"{FULLNAME}-hooks")
-    script = hooks["data"]["prestop.py"]
-    assert script == (CHART / "files" / "prestop.py").read_text()
-    compile(script, "prestop.py", "exec")
-    # the env it reads is the env the container sets
-    needed = set(re.findall(r'os\.environ(?:\.get)?[\[(]"(\w+)"', script))
-    env = {e["name"] for e in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert needed and needed <= env, needed - env
+def test_prestop_hook_runs_the_drain_the_image_ships():
+    """The hook calls the drain script docker/Dockerfile.triton copies into the image, and every setting that
+    script reads without a default it could rely on (port, key file, drain timeout) the container sets."""
+    dockerfile = (ROOT / "docker" / "Dockerfile.triton").read_text()
+    copied = re.search(r"^COPY (.*) (/opt/htr/bin/)$", dockerfile, re.M)
+    assert copied and f"docker/{DRAIN.name}" in copied.group(1).split()
+    assert f"python3 {copied.group(2)}{DRAIN.name} --drain" in PRESTOP[-1]
+    read = set(re.findall(r'os\.environ(?:\.get)?[\[(]"(\w+)"', DRAIN.read_text()))
+    env = {e["name"] for e in one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"HTR_HTTP_PORT", "HTR_ADMIN_KEY_FILE", "HTR_DRAIN_TIMEOUT"} <= read & env, read & env
+    assert "$HTR_ENDPOINT_DELAY" in PRESTOP[-1] and "HTR_ENDPOINT_DELAY" in env
 
 
 @pytest.mark.slow
 def test_prestop_hook_drains_the_ensemble_of_a_real_server(cpu_repository, tmp_path):
-    """The hook, run as the pod runs it (the container's env), against a real tritonserver in explicit model
-    control: the ensemble is unloaded and gone, its steps stay loaded for SIGTERM's own drain."""
-    import sys
-
+    """The hook, run as the pod runs it (its command, the container's env), against a real tritonserver in
+    explicit model control: the ensemble is unloaded and gone, its steps stay loaded for SIGTERM's own drain."""
     from htr.runtime import contract
     from htr.serve import ServerOptions, TritonServer
 
@@ -468,13 +477,14 @@ def test_prestop_hook_drains_the_ensemble_of_a_real_server(cpu_repository, tmp_p
                 one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     options = ServerOptions.with_free_ports(model_control="explicit", admin_key="k" * 24,
                                             log_file=tmp_path / "tritonserver.log")
+    key_file = tmp_path / "htr_admin_key"
+    key_file.write_text(options.admin_key)
+    command = [*PRESTOP[:-1], PRESTOP[-1].replace("/opt/htr/bin/", f"{DRAIN.parent}/")]
     with TritonServer(cpu_repository, options) as server:
-        env = {**os.environ, "HTR_HTTP_PORT": str(server.http_port), "HTR_ADMIN_KEY": server.admin_key,
-               "HTR_ADMIN_HEADER": env_spec["HTR_ADMIN_HEADER"], "HTR_ENDPOINT_DELAY": "0",
-               "HTR_DRAIN_TIMEOUT": env_spec["HTR_DRAIN_TIMEOUT"]}
-        out = subprocess.run([sys.executable, str(CHART / "files" / "prestop.py")], env=env, capture_output=True,
-                             text=True, timeout=60)
-        drained = f"drained ensembles ['{contract.ENSEMBLE}']"
+        env = {**os.environ, "HTR_HTTP_PORT": str(server.http_port), "HTR_ADMIN_KEY_FILE": str(key_file),
+               "HTR_ENDPOINT_DELAY": "0", "HTR_DRAIN_TIMEOUT": env_spec["HTR_DRAIN_TIMEOUT"]}
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        drained = f"drained ensembles: {contract.ENSEMBLE}"
         assert out.returncode == 0 and drained in out.stdout, out.stdout + out.stderr
         assert server.model_state(contract.ENSEMBLE) not in ("READY", "UNLOADING")
         for step in contract.MODELS:
