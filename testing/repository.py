@@ -1,5 +1,5 @@
-"""The model repository a test or a harness serves: the CPU variant (TorchScript crnn in the python backend),
-built from a checkpoint by :func:`htr.export.build.build_repository`, with the parity check on a few real
+"""The model repository a test or a harness serves: the CPU variant (crnn in ONNX Runtime, FP32, in the python
+backend), built from a checkpoint by :func:`htr.export.build.build_repository`, with the parity check on a few real
 images.
 
 One builder for the test session's repository, the limited one of the bad-input tests and the harnesses'

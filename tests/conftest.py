@@ -53,17 +53,14 @@ def checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_repository(tmp_path_factory, checkpoint, kaggle_dir) -> Path:
-    """The CPU model repository built from the shipped checkpoint by htr.export.build (export/build_engine.py):
-    crnn in ONNX Runtime, FP32."""
-    from htr.export.build import build_repository
+    """The CPU model repository built from the shipped checkpoint (htr.testing.repository, over
+    htr.export.build): crnn in ONNX Runtime, FP32, whose log-probabilities match PyTorch within 1e-4;
+    tests/test_engines.py serves the other engines and precisions."""
+    from htr.testing.repository import build_cpu_repository
 
     root = tmp_path_factory.mktemp("serving")
-    repo = root / "model_repository"
-    # the default CPU engine (ONNX Runtime) in FP32, whose log-probabilities match PyTorch within 1e-4;
-    # tests/test_engines.py serves the other engines and precisions
-    report = build_repository(checkpoint, repo, formats="onnx", engines_dir=root / "engines", data=kaggle_dir,
-                              parity_images=16, precision="fp32")  # raises when the build fails
-    assert report.ok, "build_repository failed"
+    repo = build_cpu_repository(root / "model_repository", checkpoint, kaggle_dir, parity_images=16)  # raises on failure
+    assert (repo / "htr" / "config.pbtxt").is_file(), "build_repository failed"
     return repo
 
 
