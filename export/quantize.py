@@ -26,10 +26,11 @@ CALIBRATION_IMAGES = 512  # at most; the shipped data's train split has 494
 
 def labelled_split(data: Path, cfg: HTRConfig, split: str) -> tuple[list[Path], list[str]]:
     """The labelled images of ``split`` ("train" or "eval") under the Kaggle-layout folder ``data``."""
-    from htr.data import read_kaggle, split_of
+    from htr.data import read_kaggle, split_samples
 
     samples, _ = read_kaggle(Path(data) / "labels.csv", Path(data) / "labelled", cfg.alphabet)
-    chosen = [s for s in samples if split_of(s.path.name) == split]
+    train, held = split_samples(samples)
+    chosen = {"train": train, "eval": held}[split]
     return [s.path for s in chosen], [s.text for s in chosen]
 
 
