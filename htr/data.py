@@ -36,19 +36,23 @@ class LoadReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     changed: int = 0  # labels altered by normalisation (case, accents, spaces)
+    empty: int = 0  # EMPTY rows kept as "" (keep_empty=True)
 
     def __str__(self) -> str:
         drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
-        return f"{self.csv}: kept {self.kept}, normalised {self.changed}, dropped {sum(self.dropped.values())} ({drops})"
+        empty = f" ({self.empty} EMPTY as empty text)" if self.empty else ""
+        return f"{self.csv}: kept {self.kept}{empty}, normalised {self.changed}, dropped {sum(self.dropped.values())} ({drops})"
 
 
 def read_kaggle(labels_csv: str | Path, images_dir: str | Path | None = None, alphabet: str | None = None,
-                check_files: bool = True) -> tuple[list[Sample], LoadReport]:
+                check_files: bool = True, keep_empty: bool = False) -> tuple[list[Sample], LoadReport]:
     """Read a Kaggle-layout CSV (``FILENAME,IDENTITY``) and clean it as the public notebooks do.
 
     Drops rows whose label is blank, NaN, ``EMPTY`` or ``UNREADABLE``, or has characters outside the
     alphabet after normalisation (upper case, accents stripped, spaces collapsed: see
-    :func:`htr.config.normalize_label`), and rows whose image file is missing. ``images_dir`` defaults
+    :func:`htr.config.normalize_label`), and rows whose image file is missing. With ``keep_empty`` the
+    ``EMPTY`` rows (a blank form field) are kept with the empty text ``""``: what the model should read
+    there (``UNREADABLE`` and blank rows are still dropped: nobody knows what they hold). ``images_dir`` defaults
     to the CSV's folder, then its ``labelled/`` or ``images/`` sub-folder if the files are there.
     """
     labels_csv = Path(labels_csv)
@@ -72,15 +76,18 @@ def read_kaggle(labels_csv: str | Path, images_dir: str | Path | None = None, al
             continue
         raw = row[1] if len(row) > 1 else ""
         text = normalize_label(raw, alphabet)
-        if text is None:
-            key = str(raw).strip().upper()
+        key = str(raw).strip().upper()
+        if text is None and keep_empty and key == "EMPTY":
+            text = ""
+        elif text is None:
             report.dropped[key if key in ("EMPTY", "UNREADABLE") else ("blank" if not key or key == "NAN" else "outside alphabet")] += 1
             continue
         path = images_dir / row[0].strip()
         if check_files and not path.is_file():
             report.dropped["missing file"] += 1
             continue
-        report.changed += text != str(raw)
+        report.changed += text != str(raw) and key != "EMPTY"
+        report.empty += text == ""
         samples.append(Sample(path, text))
     report.kept = len(samples)
     return samples, report
@@ -100,6 +107,16 @@ def split_samples(samples: list[Sample], eval_fraction: float = 1 / 3) -> tuple[
     train = [s for s in samples if split_of(s.path.name, eval_fraction) == "train"]
     held = [s for s in samples if split_of(s.path.name, eval_fraction) == "eval"]
     return train, held
+
+
+def split_train_val(train: list[Sample], val_fraction: float = 0.25) -> tuple[list[Sample], list[Sample]]:
+    """The train side of :func:`split_samples` cut again into (train, validation) by a second hash of the
+    file name (salted, so it is independent of the first): validation chooses epochs, weights and thresholds,
+    and the ``eval`` side stays untouched for an honest score."""
+    def h(name: str) -> float:
+        return int.from_bytes(hashlib.sha1(b"val:" + Path(name).name.encode()).digest()[:8], "big") / 2**64
+    return ([s for s in train if h(s.path.name) >= val_fraction],
+            [s for s in train if h(s.path.name) < val_fraction])
 
 
 def build_augment(strength: float = 1.0):

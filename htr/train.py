@@ -5,12 +5,20 @@ Example (CPU, the shared folder's training split + synthetic names rendered on t
     htr train --out runs/names --real ../shared/data/kaggle_names --synth 4000 --epochs 30
 
 Real images from a Kaggle-layout folder are split by a hash of the file name (``htr.data.split_of``):
-the ``eval`` side is never trained on and is the validation set used for early stopping. More
+the ``eval`` side is never trained on and never used to choose anything (score it afterwards with
+``htr eval --split eval``). Early stopping and the best epoch are chosen on a validation part of the
+*train* side (``--val-fraction``, a second hash, ``htr.data.split_train_val``). Rows labelled ``EMPTY``
+train as empty text, and ``--empty-ratio`` of the synthetic samples are blank fields, so a blank form field
+reads as "". More
 labelled data (e.g. the full Kaggle train CSV) comes in with ``--data CSV[:IMAGES]``. With
 ``--pseudo DIR`` the current model reads unlabelled images with a lexicon-constrained beam search
 and the confident ones join the training set.
 
 Everything a resumed run needs is in ``OUT/last.pt``; ``OUT/best.pt`` holds the best validation CER.
+Speed: on a CPU with BF16 support (AVX-512 BF16 / AMX) the forward pass runs under BF16 autocast
+(``--amp auto``), CUDA uses FP16 autocast with a gradient scaler; the CNN runs channels-last. The loss,
+the optimiser and the saved weights stay FP32. ``bench/train_bench.py`` measures both against FP32.
+
 Prometheus metrics (loss, CER, exact match, learning rate, samples/s, epoch, memory) are served on
 ``--metrics-port`` (loopback) while training runs.
 
@@ -36,7 +44,8 @@ from torch.nn import functional as F
 
 from . import distributed
 from .config import HTRConfig, InputConfig, ModelConfig
-from .data import Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples
+from .data import (Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples,
+                   split_train_val)
 from .scores import score
 from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, save_checkpoint
 from .preprocess import ctc_greedy_decode
@@ -63,7 +72,12 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--pseudo-weight", type=float, default=1.0, help="loss weight of pseudo-labelled samples")
     g.add_argument("--lexicon", type=Path, default=None, help="lexicon for pseudo-labelling (default: --names)")
     g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0: off)")
-    g.add_argument("--eval-fraction", type=float, default=1 / 3, help="share of real images held out (hash split)")
+    g.add_argument("--eval-fraction", type=float, default=1 / 3,
+                   help="share of real images held out for scoring (hash split; never trained on or selected with)")
+    g.add_argument("--val-fraction", type=float, default=0.25,
+                   help="share of the train side kept for validation (early stopping, best epoch)")
+    g.add_argument("--empty-ratio", type=float, default=0.03,
+                   help="share of synthetic samples rendered as blank fields (label: empty text)")
     g = p.add_argument_group("model")
     g.add_argument("--height", type=int, default=None,
                    help=f"input height, a multiple of 16 (default {InputConfig.height}; with --init the checkpoint's, "
@@ -93,7 +107,11 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     g.add_argument("--dist-timeout", type=float, default=1800,
                    help="under torchrun: seconds a rank waits for the others in a collective before the job fails")
-    g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
+    g.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="mixed precision: BF16 autocast on a CPU that supports it, FP16 on CUDA (auto: where "
+                        "supported; off: FP32)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format for the CNN")
     g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: the thread plan's, htr.threads: every core this process may use)")
@@ -121,6 +139,27 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} but CUDA is not available on this machine")
     return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN runs BF16 natively (AVX-512 BF16 or AMX); elsewhere BF16 is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype ``htr train`` uses: FP16 on CUDA, BF16 on a CPU with native BF16, else None (FP32).
+
+    ``amp="on"`` on a CPU without native BF16 still uses BF16 (emulated: slower, for testing)."""
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and (amp == "on" or cpu_supports_bf16()):
+        return torch.bfloat16
+    return None
 
 
 def ctc_loss(logprobs: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -230,7 +269,8 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     say = print if ctx.is_main else (lambda *_a, **_k: None)  # one log for the job: rank 0's
     # affinity, not os.cpu_count(); ranks on one machine share its cores
     torch.set_num_threads(args.threads or ctx.threads())
-    use_amp = device.type == "cuda" and args.amp != "off"
+    amp_dtype = autocast_dtype(device, args.amp)
+    use_scaler = amp_dtype == torch.float16  # BF16 has FP32's range: no loss scaling
     rank_batch = ctx.rank_batch(args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
@@ -264,25 +304,30 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     real_dirs = args.real if args.real is not None else [default_data_dir()]
     train_samples, val_samples = [], []
     for d in real_dirs:
-        samples, report = read_kaggle(d / "labels.csv", None, cfg.alphabet)
+        samples, report = read_kaggle(d / "labels.csv", None, cfg.alphabet, keep_empty=True)
         tr, ev = split_samples(samples, args.eval_fraction)
-        say(f"{report}; train {len(tr)}, held out for validation {len(ev)}")
+        tr, va = split_train_val(tr, args.val_fraction)
+        empty = sum(not s.text for s in tr)
+        say(f"{report}; train {len(tr)} ({empty} empty), validation {len(va)} (train side), "
+            f"held out for scoring {len(ev)} (not used here)")
         train_samples += tr * max(1, args.real_repeat)
-        val_samples += ev
+        val_samples += va
     for spec in args.data:
         csv_path, _, images = spec.partition(":")
         samples, report = read_kaggle(csv_path, images or None, cfg.alphabet)
         say(report)
         train_samples += samples
     if not val_samples:
-        raise SystemExit("error: no validation images: give --real with a Kaggle-layout folder")
+        raise SystemExit("error: no validation images: give --real with a Kaggle-layout folder "
+                         "(and a --val-fraction above 0)")
     names_path = args.names or next((d / "names_corpus.txt" for d in real_dirs if (d / "names_corpus.txt").is_file()), None)
     synth = None
     if args.synth:
         from .synth import SynthGenerator, load_names
 
         names = load_names(names_path) if names_path else None
-        synth = SynthDataset(SynthGenerator(cfg.alphabet, names=names, seed=args.seed), args.synth, args.seed)
+        synth = SynthDataset(SynthGenerator(cfg.alphabet, names=names, seed=args.seed, blank_ratio=args.empty_ratio),
+                             args.synth, args.seed)
     lexicon_words = None
     if args.pseudo:
         from .ctc_decoder import read_lexicon
@@ -297,6 +342,8 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     model = CRNN(cfg).to(device)
     if args.init and not args.resume:
         model.load_state_dict(adapt_state_dict(init_ckpt["state_dict"], init_cfg, cfg))
+    if args.channels_last:
+        model.cnn.to(memory_format=torch.channels_last)
 
     def init_model():
         m = CRNN(init_cfg).to(device)
@@ -313,7 +360,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         return lr
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start_epoch, step, best_cer, stale, pseudo = 0, 0, float("inf"), 0, []
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["state_dict"])
@@ -325,9 +372,11 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         _set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world else resume_ckpt["rng"])
         say(f"resumed from {args.out / 'last.pt'} at epoch {start_epoch}, step {step}")
 
+    precision = {torch.bfloat16: "+ BF16 autocast", torch.float16: "+ FP16 autocast"}.get(amp_dtype, "(FP32)")
     metrics = TrainingExporter(args.metrics_port if ctx.is_main else 0, args.metrics_addr, args.out.name, str(device))
     say(f"model: {count_parameters(model):,} parameters, input {cfg.input.height}x{cfg.input.width}, "
-        f"{cfg.num_classes} classes; device {device}{' + AMP' if use_amp else ''}; "
+        f"{cfg.num_classes} classes; device {device} {precision}"
+        f"{', channels-last' if args.channels_last else ''}; "
         f"{len(train_samples)} real/extra + {args.synth} synthetic samples per epoch, {per_epoch} steps/epoch"
         + (f"; metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics" if args.metrics_port else ""))
     if ctx.distributed:
@@ -393,7 +442,9 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
             for i_batch, batch in enumerate(bar):
                 set_lr(epoch + i_batch / len(loader))
                 pixels = batch["pixels"].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                if args.channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logprobs = net(pixels)
                 batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
                 loss = ctc_loss(logprobs, batch)

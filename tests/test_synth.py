@@ -219,3 +219,17 @@ def test_cli_reports_a_missing_corpus_without_a_traceback(tmp_path, capsys):
     rc = main(["synth", "--out", str(tmp_path / "o"), "--count", "2", "--names", str(tmp_path / "missing.txt")])
     assert rc == 2
     assert "names corpus not found" in capsys.readouterr().err
+
+
+def test_blank_fields_have_form_print_but_no_label():
+    g = SynthGenerator(blank_ratio=1.0, seed=0)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        image, label = g.sample(rng)
+        assert label == ""
+        assert image.dtype == np.uint8 and image.ndim == 3 and 20 <= image.shape[0] <= 60
+    mixed = SynthGenerator(blank_ratio=0.5, seed=0)
+    labels = [mixed.sample(np.random.default_rng([1, i]))[1] for i in range(40)]
+    assert 5 <= labels.count("") <= 35 and any(labels)
+    with pytest.raises(ValueError, match="blank_ratio"):
+        SynthGenerator(blank_ratio=1.5)

@@ -58,13 +58,13 @@ def test_train_resume_equals_straight_run(tmp_path, tiny_kaggle):
     common = ["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--augment", "0",
               "--batch-size", "8", "--workers", "0", "--metrics-port", "0", "--no-progress", "--seed", "3", *TINY]
     assert cli([*common, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
-    assert cli([*common, "--epochs", "2", "--max-steps", "5", "--out", str(tmp_path / "split")]) == 0
+    assert cli([*common, "--epochs", "2", "--max-steps", "4", "--out", str(tmp_path / "split")]) == 0
     first = load_checkpoint(tmp_path / "split" / "last.pt")
-    assert first["epoch"] == 1 and first["step"] == 5
+    assert first["epoch"] == 1 and first["step"] == 4
     assert cli([*common, "--epochs", "2", "--resume", "--out", str(tmp_path / "split")]) == 0
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
-    assert a["step"] == b["step"] == 10
+    assert a["step"] == b["step"] == 8  # 32 of the 60 rows train (the rest: validation, eval), batch 8
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     history = [json.loads(line) for line in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
@@ -205,3 +205,23 @@ def test_metrics_port_in_use_is_a_clear_error(tmp_path, tiny_kaggle):
         with pytest.raises(SystemExit, match=rf"cannot serve training metrics on 127.0.0.1:{port}.*--metrics-port"):
             cli(["train", "--real", str(tiny_kaggle), "--synth", "0", "--epochs", "1", "--max-steps", "1",
                  "--workers", "0", "--metrics-port", str(port), "--no-progress", "--out", str(tmp_path / "p"), *TINY])
+
+
+def test_empty_rows_train_as_empty_text_and_the_validation_part_is_on_the_train_side(tmp_path, kaggle_dir):
+    from htr.data import read_kaggle, split_samples, split_train_val
+
+    csv_path = tmp_path / "labels.csv"
+    rows = ["FILENAME,IDENTITY", "a.jpg,EMPTY", "b.jpg,UNREADABLE", "c.jpg,Émile", "d.jpg,"]
+    csv_path.write_text("\n".join(rows) + "\n")
+    samples, report = read_kaggle(csv_path, check_files=False, keep_empty=True)
+    assert [(s.path.name, s.text) for s in samples] == [("a.jpg", ""), ("c.jpg", "EMILE")]
+    assert report.empty == 1 and "1 EMPTY as empty text" in str(report)
+    assert dict(report.dropped) == {"UNREADABLE": 1, "blank": 1}
+    samples, _ = read_kaggle(csv_path, check_files=False)  # scoring: EMPTY rows stay out by default
+    assert [s.text for s in samples] == ["EMILE"]
+    real, _ = read_kaggle(kaggle_dir / "labels.csv", keep_empty=True)
+    train, held = split_samples(real)
+    rest, val = split_train_val(train)
+    assert {s.path for s in rest} | {s.path for s in val} == {s.path for s in train}
+    assert not {s.path for s in val} & ({s.path for s in rest} | {s.path for s in held})
+    assert 0.18 < len(val) / len(train) < 0.32

@@ -51,13 +51,18 @@ class SynthGenerator:
     a Faker ``fr_FR`` name instead. ``fonts``: handwriting font files, default the installed
     :data:`HANDWRITING_FONTS`. ``seed`` seeds the Generator used when a call passes none; pass your
     own ``numpy.random.Generator`` (one per thread or worker) for reproducible, thread-safe output:
-    every random draw comes from it.
+    every random draw comes from it. ``blank_ratio``: share of :meth:`sample` calls that return a blank
+    field (the form's printed text and rules, nothing written; label ``""``), as forms have.
     """
 
     def __init__(self, alphabet: str = DEFAULT_ALPHABET, names: Sequence[str] | None = None,
-                 faker_ratio: float = 0.3, seed: int = 0, fonts: Sequence[str | Path] | None = None):
+                 faker_ratio: float = 0.3, seed: int = 0, fonts: Sequence[str | Path] | None = None,
+                 blank_ratio: float = 0.0):
         if not 0.0 <= faker_ratio <= 1.0:
             raise ValueError(f"faker_ratio must be in [0, 1], got {faker_ratio}")
+        if not 0.0 <= blank_ratio <= 1.0:
+            raise ValueError(f"blank_ratio must be in [0, 1], got {blank_ratio}")
+        self.blank_ratio = blank_ratio
         self.alphabet = alphabet
         self.names = [t for t in (normalize_label(n, alphabet) for n in names or ()) if t and len(t) <= MAX_LEN]
         self.faker_ratio = faker_ratio if self.names else 1.0
@@ -109,8 +114,10 @@ class SynthGenerator:
     # ---- public API -------------------------------------------------------------------------
 
     def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, str]:
-        """(image (H, W, 3) uint8 BGR, its label) for a random name."""
+        """(image (H, W, 3) uint8 BGR, its label) for a random name, or a blank field (label ``""``)."""
         rng = self._rng if rng is None else rng
+        if self.blank_ratio and rng.random() < self.blank_ratio:
+            return self.render_blank(rng), ""
         text = self.sample_text(rng)
         return self.render(text, rng), normalize_label(text, self.alphabet)
 
@@ -121,6 +128,16 @@ class SynthGenerator:
         ``normalize_label(text)``, which must exist.
         """
         gray, quality = self.render_gray(text, rng)
+        ok, buf = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
+
+    def render_blank(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """A blank form field: one of the layouts with its printed text, rules, specks and neighbouring
+        fields' strokes, but nothing written in it (what an ``EMPTY`` row of the Kaggle CSVs shows)."""
+        rng = self._rng if rng is None else rng
+        writer = self._writer("A", rng)  # draws the neighbouring fields' scribbles, if the layout has any
+        lay = TEMPLATES[int(rng.choice(len(TEMPLATES), p=_TEMPLATE_P))][1](rng)
+        gray, quality = self._compose("", writer, lay, rng)
         ok, buf = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, quality])
         return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
 
