@@ -1,5 +1,6 @@
 """Longer coverage-guided fuzzing (atheris) of the native entry points: decode_images, preprocess_batch,
-ctc_greedy_decode, ctc_beam_decode, each against the NumPy reference (``htr.testing.fuzz_targets``).
+ctc_greedy_decode, ctc_beam_decode (and with a name model: ctc_beam_decode_name_model), each against the
+NumPy reference (``htr.testing.fuzz_targets``).
 
 Each target runs in turn in its own subprocess for ``--seconds``, from the corpus kept in
 ``--corpus/<target>`` (grown by every run, so later runs start where earlier ones stopped). A failure (a

@@ -15,7 +15,7 @@ repository is left as it was.
 
 The CPU ``crnn`` serves the ONNX file in ONNX Runtime by default (``RepositoryOptions.cpu_engine``), at the
 ``precision`` asked for: ``fp32``; ``int8``, static QDQ quantisation calibrated on the train split's labelled
-images and refused (``PrecisionError``) when it reads the eval split more than 0.5 points of exact match or
+images and refused (``PrecisionError``) when it reads the validation part of the train side more than 0.5 points of exact match or
 0.3 points of CER worse than FP32 (``htr.export.quantize``); or ``auto`` (default), INT8 when it passes that
 gate, else FP32 (also FP32 when no labelled data is at hand to run the gate).
 """
@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from htr.config import HTRConfig
-from htr.ctc_decoder import read_lexicon
+from htr.ctc_decoder import CTCDecoder, checkpoint_decoding, read_lexicon
 from htr.model import load_model
 from htr.paths import ROOT, default_data_dir
 from htr.runtime.contract import LOGPROBS, PIXELS
@@ -61,7 +61,7 @@ class ExportUsageError(ExportError, ValueError):
 
 
 class PrecisionError(ExportError):
-    """INT8 was asked for and reads the eval split worse than FP32 allows; ``gate`` holds both scores."""
+    """INT8 was asked for and reads the validation images worse than FP32 allows; ``gate`` holds both scores."""
 
     def __init__(self, message: str, gate):
         super().__init__(message)
@@ -186,7 +186,8 @@ def build_repository(
     options = options if options is not None else RepositoryOptions()
     wanted = _requested_formats(formats, options)
 
-    model, cfg, _ = load_model(checkpoint)
+    model, cfg, ckpt = load_model(checkpoint)
+    options = _resolve_decoding(options, ckpt)
     if shapes is not None or options.shapes == Shapes():  # else options.shapes was set: it stands as given
         options = replace(options, shapes=resolve_shapes(cfg, shapes or {}))
     engines_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +239,8 @@ def build_repository(
         crnn_file = result.artifacts[served]
     result.options = options
     result.repository = write_repository(repository, cfg, options, crnn_file)
-    decoder = "lexicon beam" if options.lexicon else options.decoder
+    decoder = CTCDecoder(cfg, options.decoder, options.beam_width, options.lexicon, options.name_model,
+                         options.lm_weight, options.insertion_bonus).describe()
     engine = (f"{options.cpu_engine} {options.precision if options.cpu_engine == 'onnxruntime' else 'fp32'}"
               if options.target == "cpu" else options.gpu_engine)
     say(f"wrote Triton model repository ({options.target}) to {repository}: "
@@ -248,6 +250,19 @@ def build_repository(
             f"{options.crnn_instances} x {options.crnn_threads} intra-op, ctc_decode {options.decode_instances} x 1 "
             f"({thread_plan().describe()}; override with --preprocess-instances/--crnn-threads/...)")
     return result
+
+
+def _resolve_decoding(options: RepositoryOptions, ckpt: dict) -> RepositoryOptions:
+    """``options.decoder=None``: the checkpoint's own decoding (``htr.ctc_decoder.checkpoint_decoding``),
+    what ``htr eval`` and ``OfflineRecognizer`` use by default; ``"beam"`` keeps the checkpoint's name model
+    and weights; ``"greedy"`` drops them."""
+    spec, name_model = checkpoint_decoding(ckpt)
+    if options.decoder is None:
+        options = replace(options, decoder=spec.decoder, beam_width=spec.beam_width)
+    if options.decoder == "beam" and options.name_model is None and name_model is not None:
+        options = replace(options, name_model=name_model, lm_weight=spec.lm_weight,
+                          insertion_bonus=spec.insertion_bonus)
+    return options
 
 
 def _parity_folder(data: Path, say) -> Path:
@@ -264,7 +279,7 @@ def _parity_folder(data: Path, say) -> Path:
 
 def _choose_precision(precision: str, fp32_file: Path, cfg: HTRConfig, options: RepositoryOptions, data: Path,
                       engines_dir: Path, result: ExportReport, say) -> tuple[Path, RepositoryOptions]:
-    """Quantise ``fp32_file`` to INT8 and gate it on the eval split: the file to serve and the options with its
+    """Quantise ``fp32_file`` to INT8 and gate it on the validation part of the train side: the file to serve and the options with its
     precision. ``auto`` falls back to FP32 (saying why); ``int8`` raises ``PrecisionError``."""
     from . import quantize
 
@@ -276,18 +291,18 @@ def _choose_precision(precision: str, fp32_file: Path, cfg: HTRConfig, options: 
         return fp32_file, options
     t0 = time.perf_counter()
     train, _ = quantize.labelled_split(data, cfg, "train")
-    held, labels = quantize.labelled_split(data, cfg, "eval")
+    held, labels = quantize.labelled_split(data, cfg, "val")
     calibration = quantize.pixels_of(train[: quantize.CALIBRATION_IMAGES], cfg)
     int8_file = quantize.quantize_int8(fp32_file, engines_dir / "model.int8.onnx", calibration)
     gate = quantize.precision_gate(fp32_file, int8_file, quantize.pixels_of(held, cfg), labels, cfg)
     result.precision_gate = gate
-    say(f"INT8 (static QDQ, per-channel, calibrated on {len(calibration)} train-split images, "
-        f"{time.perf_counter() - t0:.1f} s) against FP32 on the eval split:\n{gate.table}\n")
+    say(f"INT8 (static QDQ, per-channel, calibrated on {len(calibration)} train-side images, "
+        f"{time.perf_counter() - t0:.1f} s) against FP32 on the validation part of the train side:\n{gate.table}\n")
     if gate.ok:
         say("serving INT8: within the accuracy gate")
         return int8_file, replace(options, precision="int8")
     if precision == "int8":
-        raise PrecisionError("INT8 reads the eval split worse than the gate allows (exact match -0.5 pt, CER "
+        raise PrecisionError("INT8 reads the validation images worse than the gate allows (exact match -0.5 pt, CER "
                              "+0.3 pt at most); the repository was not written. Use --precision fp32 or auto.", gate)
     say("serving FP32: INT8 is outside the accuracy gate")
     return fp32_file, options

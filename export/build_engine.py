@@ -60,7 +60,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--cpu-engine", choices=["onnxruntime", "torchscript"], default="onnxruntime",
                     help="which engine runs crnn with --target cpu")
     ap.add_argument("--precision", choices=PRECISIONS, default="auto",
-                    help="of the CPU ONNX Runtime crnn: auto = INT8 when it reads the eval split within 0.5 pt exact "
+                    help="of the CPU ONNX Runtime crnn: auto = INT8 when it reads the validation part of the train side within 0.5 pt exact "
                          "/ 0.3 pt CER of FP32, else FP32; int8 fails the build (exit 1) outside that gate")
     ap.add_argument("--gpu-engine", choices=["tensorrt", "onnxruntime", "libtorch"], default="tensorrt",
                     help="which engine serves crnn with --target gpu")
@@ -75,7 +75,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--max-width", type=int, default=MAX_WIDTH,
                     help="widest PIXELS crnn accepts (TensorRT profile max; the CPU crnn refuses wider requests)")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    ap.add_argument("--decoder", choices=["greedy", "beam"], default="greedy", help="ctc_decode's decoder")
+    ap.add_argument("--decoder", choices=["greedy", "beam"], default=None,
+                    help="ctc_decode's decoder (default: the checkpoint's own, e.g. beam search with its name model; "
+                         "beam: with the checkpoint's name model where it has one; greedy: best path)")
     ap.add_argument("--beam-width", type=int, default=10)
     ap.add_argument("--lexicon", type=Path, default=None, help="one allowed string per line: lexicon beam search")
     plan = RepositoryOptions()  # the thread plan's defaults for this machine (htr.threads)

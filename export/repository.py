@@ -34,6 +34,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from htr.config import HTRConfig
+from htr.ctc_decoder import NAME_MODEL_FILE
+from htr.preprocess import NameModel
 from htr.runtime.contract import (
     CONFIDENCE, CONFIG_KEY, CRNN, CTC_DECODE, ENSEMBLE, ERROR, IMAGE_BYTES, INPUT_ERROR, LOGPROBS, MAX_BYTES, MAX_PIXELS,
     MAX_REQUEST_BYTES, PIXELS, PREPROCESS, SITE_PACKAGES_ENV, TEXT,
@@ -92,9 +94,12 @@ class RepositoryOptions:
     queue_delay_us: int = 0  # preprocess and ctc_decode
     crnn_queue_delay_us: int = 0
     dynamic_batching: bool = True  # off only to measure what it buys (bench/serving_bench.py)
-    decoder: str = "greedy"  # greedy | beam
+    decoder: str | None = None  # greedy | beam; None: the checkpoint's own decoding (resolved by htr.export.build)
     beam_width: int = 10
     lexicon: list[str] | None = None
+    name_model: NameModel | None = None  # beam search guided by this name model (written beside model.py)
+    lm_weight: float = 0.0
+    insertion_bonus: float = 0.0
     max_pixels: int = MAX_PIXELS  # per image, from its header, before decoding
     max_bytes: int = MAX_BYTES  # per encoded image
     max_request_bytes: int = MAX_REQUEST_BYTES  # all encoded images of one request together
@@ -183,8 +188,12 @@ def decode_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     _tensor(c.output, TEXT, mc.TYPE_STRING, [1])
     _tensor(c.output, CONFIDENCE, mc.TYPE_FP32, [1])
     _tensor(c.output, ERROR, mc.TYPE_STRING, [1])
-    c.parameters["decoder"].string_value = "beam" if opts.lexicon else opts.decoder
+    c.parameters["decoder"].string_value = "beam" if opts.lexicon or opts.name_model else (opts.decoder or "greedy")
     c.parameters["beam_width"].string_value = str(opts.beam_width)
+    if opts.name_model is not None:
+        c.parameters["name_model_file"].string_value = NAME_MODEL_FILE
+        c.parameters["lm_weight"].string_value = repr(float(opts.lm_weight))
+        c.parameters["insertion_bonus"].string_value = repr(float(opts.insertion_bonus))
     if opts.lexicon:
         c.parameters["lexicon_file"].string_value = "lexicon.txt"
     w = c.model_warmup.add(name="random_batch_1", batch_size=1)
@@ -272,6 +281,8 @@ def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_a
     install_model_py(TEMPLATES / "ctc_decode.py", d / v)
     if opts.lexicon:
         (d / v / "lexicon.txt").write_text("\n".join(opts.lexicon) + "\n", encoding="utf-8")
+    if opts.name_model is not None:
+        opts.name_model.save(d / v / NAME_MODEL_FILE)
 
     d = root / ENSEMBLE
     write_config(d, ensemble_config(cfg, opts))

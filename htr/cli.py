@@ -4,6 +4,7 @@
     htr synth       write synthetic handwriting in the Kaggle layout
     htr train       train the CRNN (Prometheus metrics on a port)
     htr eval        score a checkpoint on a labelled folder
+    htr tune-decoder  choose the beam search's name-model weight on validation, save it in the checkpoint
     htr export      export a checkpoint (TorchScript/ONNX/TensorRT), check parity, write the model repository
     htr serve       run Triton on the model repository (foreground)
     htr monitor     run Prometheus (Debian's) with the project's rules against a running htr serve
@@ -25,6 +26,7 @@ COMMANDS = {
     "synth": "htr.synth.cli",
     "train": "htr.train",
     "eval": "htr.evaluate",
+    "tune-decoder": "htr.tune_decoder",
     "export": "htr.export.build_engine",
     "serve": "htr.serve.cli",
     "monitor": "htr.serve.monitor",

@@ -37,8 +37,10 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.add_argument("--images", type=Path, default=None, help="image folder (default: beside the CSV)")
     p.add_argument("--split", choices=["all", "eval", "train"], default="all",
                    help="rows to score: all, or one side of the deterministic hash split")
-    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
-    p.add_argument("--beam-width", type=int, default=10)
+    p.add_argument("--decoder", choices=["greedy", "beam"], default=None,
+                   help="default: the checkpoint's own decoding, the one its exported repository serves "
+                        "(beam search with its name model where it carries one); greedy: best path")
+    p.add_argument("--beam-width", type=int, default=None, help="default: the checkpoint's (10)")
     p.add_argument("--lexicon", type=Path, default=None, help="one allowed string per line (implies beam)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
@@ -102,7 +104,7 @@ def run(args) -> int:
                          beam_width=args.beam_width, batch_size=args.batch_size)
         result, preds = evaluate(rec, samples)
         result["checkpoint"] = str(args.checkpoint)
-        decoder = rec.decoder
+        decoder = rec.codec.describe()
     if thresholds:
         result["by_confidence"] = by_confidence([p for p, _ in preds], [c for _, c in preds],
                                                 [s.text for s in samples], thresholds)

@@ -1,7 +1,10 @@
 """Offline recognition with a checkpoint: bytes or images -> (text, confidence), the serving pipeline in-process.
 
 Same steps as the Triton ensemble: ``decode_images`` -> ``preprocess_batch`` (input config from the
-checkpoint) -> CRNN log-probabilities -> CTC decoding (greedy, or beam with an optional lexicon).
+checkpoint) -> CRNN log-probabilities -> CTC decoding. With ``decoder=None`` (the default) decoding is the
+checkpoint's own (:func:`htr.ctc_decoder.checkpoint_decoding`: the beam search with its name model where the
+checkpoint carries one), which is what the exported repository serves; ``"greedy"`` or ``"beam"`` choose
+another (``"beam"`` keeps the checkpoint's name model and weights unless ``name_model=False``).
 """
 from __future__ import annotations
 
@@ -10,18 +13,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ctc_decoder import CTCDecoder
+from .ctc_decoder import CTCDecoder, checkpoint_decoding
 from .model import load_model
 from .preprocess import decode_images, preprocess_batch
 
 
 class OfflineRecognizer:
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", decoder: str = "greedy",
-                 lexicon: str | Path | list[str] | None = None, beam_width: int = 10, batch_size: int = 64):
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", decoder: str | None = None,
+                 lexicon: str | Path | list[str] | None = None, beam_width: int | None = None, batch_size: int = 64,
+                 name_model: bool = True, **decoder_options):
         self.model, self.cfg, self.ckpt = load_model(checkpoint, map_location=device)
         self.model.to(device)
         self.device, self.batch_size = device, batch_size
-        self.codec = CTCDecoder(self.cfg, decoder, beam_width, lexicon)
+        spec, lm = checkpoint_decoding(self.ckpt)
+        overrides = {k: v for k, v in (("decoder", decoder), ("beam_width", beam_width)) if v is not None}
+        self.codec = CTCDecoder.from_spec(self.cfg, spec, lm if name_model else None, lexicon=lexicon,
+                                          **overrides, **decoder_options)
         self.decoder = self.codec.decoder
 
     @torch.inference_mode()

@@ -15,9 +15,15 @@ import numpy as np
 
 from ._checks import check_threads
 from ._lexicon import Lexicon, alphabet_string
+from ._namelm import NameModel, check_weight
 
 #: Characters with a log-probability below this are not tried as beam extensions (unless the frame's argmax).
 DEFAULT_PRUNE_LOGP = -12.0
+#: Defaults of the name model and soft lexicon terms of ``ctc_beam_decode`` (natural-log units).
+DEFAULT_LM_WEIGHT = 0.5
+DEFAULT_INSERTION_BONUS = 0.0
+DEFAULT_LEXICON_BONUS = 2.0
+LEXICON_MODES = ("hard", "soft")
 
 
 def check_logprobs(logprobs) -> np.ndarray:
@@ -111,10 +117,32 @@ def check_greedy_args(logprobs, alphabet, blank=0, lengths=None, threads=1):
     return arr, codepoints, blank, check_lengths(lengths, n, t), check_threads(threads)
 
 
+def resolve_name_model(name_model, alphabet: str) -> NameModel | None:
+    """The :class:`NameModel`, checked to be trained over this alphabet."""
+    if name_model is None:
+        return None
+    if not isinstance(name_model, NameModel):
+        raise ValueError(f"name_model must be a NameModel (NameModel.load(path) reads a saved one), "
+                         f"got {type(name_model).__name__}")
+    if name_model.alphabet != alphabet:
+        raise ValueError(f"name_model was trained over the alphabet {name_model.alphabet!r}, "
+                         f"but this call uses alphabet {alphabet!r}")
+    return name_model
+
+
+def check_lexicon_mode(mode) -> str:
+    if not isinstance(mode, str) or mode not in LEXICON_MODES:
+        raise ValueError(f"lexicon_mode must be 'hard' or 'soft', got {mode!r}")
+    return mode
+
+
 def check_beam_args(
-    logprobs, alphabet, beam_width=10, lexicon=None, blank=0, lengths=None, threads=1, prune_logp=DEFAULT_PRUNE_LOGP
+    logprobs, alphabet, beam_width=10, lexicon=None, blank=0, lengths=None, threads=1, prune_logp=DEFAULT_PRUNE_LOGP,
+    name_model=None, lm_weight=DEFAULT_LM_WEIGHT, insertion_bonus=DEFAULT_INSERTION_BONUS, lexicon_mode="hard",
+    lexicon_bonus=DEFAULT_LEXICON_BONUS,
 ):
-    """-> greedy's tuple + (beam_width, prune_logp, Lexicon or None)."""
+    """-> greedy's tuple + (beam_width, prune_logp, Lexicon or None, NameModel or None, lm_weight,
+    insertion_bonus, lexicon_mode, lexicon_bonus)."""
     arr = check_logprobs(logprobs)
     n, t, c = arr.shape
     blank = check_blank(blank, c)
@@ -123,7 +151,14 @@ def check_beam_args(
     threads = check_threads(threads)
     beam_width = check_beam_width(beam_width)
     prune_logp = check_prune_logp(prune_logp)
-    return arr, codepoints, blank, lengths, threads, beam_width, prune_logp, resolve_lexicon(lexicon, alphabet, blank)
+    lexicon = resolve_lexicon(lexicon, alphabet, blank)
+    name_model = resolve_name_model(name_model, alphabet)
+    lm_weight = check_weight("lm_weight", lm_weight, signed=False)
+    insertion_bonus = check_weight("insertion_bonus", insertion_bonus, signed=True)
+    lexicon_mode = check_lexicon_mode(lexicon_mode)
+    lexicon_bonus = check_weight("lexicon_bonus", lexicon_bonus, signed=True)
+    return (arr, codepoints, blank, lengths, threads, beam_width, prune_logp, lexicon, name_model, lm_weight,
+            insertion_bonus, lexicon_mode, lexicon_bonus)
 
 
 def nonfinite_error(item: int, frame: int, value: float) -> ValueError:

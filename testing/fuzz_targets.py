@@ -1,6 +1,7 @@
 """Coverage-guided fuzz targets (atheris, i.e. libFuzzer for Python) for the native entry points of
 ``htr.preprocess``: :func:`decode_images`, :func:`preprocess_batch`, :func:`ctc_greedy_decode` and
-:func:`ctc_beam_decode`.
+:func:`ctc_beam_decode` (two targets: with an optional lexicon; and with a :class:`NameModel`, its weights
+and a hard or soft lexicon).
 
 Each target turns libFuzzer's bytes into a call with arbitrary arguments (shapes from empty to odd widths,
 every layout and dtype, values including NaN and infinities, out-of-range blanks, lengths and beam widths)
@@ -72,7 +73,8 @@ def _import() -> None:
     if preprocess.PURE_PYTHON:
         raise RuntimeError("HTR_PURE_PYTHON is set: the public functions are the reference itself; unset it "
                            "to fuzz the Cython kernels against the reference")
-    _api = types.SimpleNamespace(native=preprocess, ref=reference, Lexicon=preprocess.Lexicon)
+    _api = types.SimpleNamespace(native=preprocess, ref=reference, Lexicon=preprocess.Lexicon,
+                                 NameModel=preprocess.NameModel)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,6 +200,28 @@ def _ctc_args(fdp, logprobs: np.ndarray) -> dict:
     return {"alphabet": alphabet, "blank": blank, "lengths": lengths, "threads": fdp.ConsumeIntInRange(1, 3)}
 
 
+def _word(fdp, pool: list[str]) -> str:
+    """Mostly spelled from ``pool`` (the alphabet); sometimes anything (refused: not in it)."""
+    if fdp.ConsumeIntInRange(0, 7) == 0:
+        return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 4))
+    return "".join(fdp.PickValueInList(pool) for _ in range(fdp.ConsumeIntInRange(0, 5)))
+
+
+def _lexicon(fdp, kw: dict):
+    """None, a list of words, or a :class:`Lexicon` built from them (when they fit the alphabet)."""
+    if not fdp.ConsumeBool():
+        return None
+    letters = "".join(kw["alphabet"])
+    pool = list(letters) or ["a"]
+    lexicon = [_word(fdp, pool) for _ in range(fdp.ConsumeIntInRange(0, 10))]
+    if fdp.ConsumeBool():
+        try:
+            lexicon = _api.Lexicon(lexicon, letters, kw["blank"])
+        except ValueError:
+            pass  # the words go in as a list: the call refuses them itself
+    return lexicon
+
+
 # ---------------------------------------------------------------------------------------------------
 # the targets: one call each, from the fuzzer's bytes
 
@@ -283,24 +307,54 @@ def fuzz_ctc_beam_decode(data: bytes) -> None:
     kw["beam_width"] = fdp.ConsumeIntInRange(1, 12) if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(-1, 0)
     kw["prune_logp"] = fdp.PickValueInList([-12.0, -3.0, -1.0, 0.0, -math.inf, math.inf, math.nan,
                                             fdp.ConsumeRegularFloat()])
-    lexicon = None
-    if fdp.ConsumeBool():
-        letters = "".join(kw["alphabet"])
-        pool = list(letters) or ["a"]
-
-        def word() -> str:  # mostly spelled from the alphabet; sometimes anything (refused: not in it)
-            if fdp.ConsumeIntInRange(0, 7) == 0:
-                return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 4))
-            return "".join(fdp.PickValueInList(pool) for _ in range(fdp.ConsumeIntInRange(0, 5)))
-
-        lexicon = [word() for _ in range(fdp.ConsumeIntInRange(0, 10))]
-        if fdp.ConsumeBool():
-            try:
-                lexicon = _api.Lexicon(lexicon, letters, kw["blank"])
-            except ValueError:
-                pass  # the words go in as a list: the call refuses them itself
+    lexicon = _lexicon(fdp, kw)
     what = (f"ctc_beam_decode({logprobs.dtype}{logprobs.shape}, blank={kw['blank']}, lengths={kw['lengths']}, "
             f"beam_width={kw['beam_width']}, prune_logp={kw['prune_logp']}, lexicon={lexicon!r})")
+    got, want = _both(lambda: _api.native.ctc_beam_decode(logprobs, lexicon=lexicon, **kw),
+                      lambda: _api.ref.ctc_beam_decode(logprobs, lexicon=lexicon, **kw), what)
+    if got is not None:
+        _same_reads(got, want, what)
+
+
+def _weight(fdp, usual: list[float]) -> object:
+    """Mostly a usual value; sometimes any float (out of range: refused), NaN, an infinity or not a number."""
+    if fdp.ConsumeIntInRange(0, 7):
+        return fdp.PickValueInList(usual)
+    return fdp.PickValueInList([fdp.ConsumeRegularFloat(), math.nan, -math.inf, 2e6, True, "1"])
+
+
+def fuzz_ctc_beam_decode_name_model(data: bytes) -> None:
+    """Beam search with a name model trained on fuzzer words (order 1-6, sometimes pruned, sometimes over
+    another alphabet), any weights and bonuses, and a hard or soft lexicon."""
+    import atheris
+
+    fdp = atheris.FuzzedDataProvider(data)
+    logprobs = _logprobs(fdp)
+    kw = _ctc_args(fdp, logprobs)
+    kw["beam_width"] = fdp.ConsumeIntInRange(1, 16) if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(-1, 0)
+    kw["prune_logp"] = fdp.PickValueInList([-12.0, -3.0, -1.0, -math.inf, fdp.ConsumeRegularFloat()])
+    letters = "".join(kw["alphabet"])
+    model = None
+    if fdp.ConsumeIntInRange(0, 7):
+        names = [_word(fdp, list(letters) or ["a"]) for _ in range(fdp.ConsumeIntInRange(1, 12))]
+        lm_alphabet = letters if fdp.ConsumeIntInRange(0, 15) else letters + "!"  # another alphabet: refused
+        try:
+            model = _api.NameModel.train(names, lm_alphabet, order=fdp.ConsumeIntInRange(1, 6),
+                                         min_context_count=fdp.ConsumeIntInRange(1, 3))
+        except ValueError:  # a word outside the alphabet, an empty alphabet
+            model = None
+    elif fdp.ConsumeBool():
+        model = "names_lm.npz"  # not a NameModel: refused
+    kw["name_model"] = model
+    kw["lm_weight"] = _weight(fdp, [0.0, 0.2, 0.5, 1.0, 4.0])
+    kw["insertion_bonus"] = _weight(fdp, [0.0, -1.0, 0.5, 2.0])
+    kw["lexicon_mode"] = fdp.PickValueInList(["hard", "soft", "soft", "Soft"])
+    kw["lexicon_bonus"] = _weight(fdp, [0.0, 1.0, 2.0, -3.0, 50.0])
+    lexicon = _lexicon(fdp, kw)
+    what = (f"ctc_beam_decode({logprobs.dtype}{logprobs.shape}, blank={kw['blank']}, lengths={kw['lengths']}, "
+            f"beam_width={kw['beam_width']}, prune_logp={kw['prune_logp']}, name_model={model!r}, "
+            f"lm_weight={kw['lm_weight']!r}, insertion_bonus={kw['insertion_bonus']!r}, "
+            f"lexicon_mode={kw['lexicon_mode']!r}, lexicon_bonus={kw['lexicon_bonus']!r}, lexicon={lexicon!r})")
     got, want = _both(lambda: _api.native.ctc_beam_decode(logprobs, lexicon=lexicon, **kw),
                       lambda: _api.ref.ctc_beam_decode(logprobs, lexicon=lexicon, **kw), what)
     if got is not None:
@@ -312,6 +366,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "preprocess_batch": fuzz_preprocess_batch,
     "ctc_greedy_decode": fuzz_ctc_greedy_decode,
     "ctc_beam_decode": fuzz_ctc_beam_decode,
+    "ctc_beam_decode_name_model": fuzz_ctc_beam_decode_name_model,
 }
 
 

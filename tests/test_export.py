@@ -153,21 +153,21 @@ def test_lexicon_switches_decoder_to_beam(tmp_path, small_checkpoint):
 
 def test_int8_outside_the_accuracy_gate_fails_and_auto_falls_back_to_fp32(tmp_path, small_checkpoint, kaggle_dir,
                                                                           monkeypatch, capsys):
-    """``--precision int8`` is refused (exit 1, nothing written) when INT8 reads the eval split worse than the
+    """``--precision int8`` is refused (exit 1, nothing written) when INT8 reads the validation images worse than the
     gate allows; ``auto`` then serves FP32 and says why. The gate is made impossible to pass here."""
     import htr.export.quantize as quantize
     from htr.export.build import PrecisionError
 
     monkeypatch.setattr(quantize, "MAX_EXACT_DROP", -1.0)  # INT8 would have to read 100 points better
-    with pytest.raises(PrecisionError, match="INT8 reads the eval split worse than the gate allows") as e:
+    with pytest.raises(PrecisionError, match="INT8 reads the validation images worse than the gate allows") as e:
         build_repository(small_checkpoint, tmp_path / "r", formats="onnx", engines_dir=tmp_path / "e",
                          data=kaggle_dir, parity_images=4, precision="int8", progress=None)
-    assert not e.value.gate.ok and e.value.gate.images > 200 and not (tmp_path / "r").exists()
+    assert not e.value.gate.ok and e.value.gate.images > 100 and not (tmp_path / "r").exists()
     rc = build_engine(["--checkpoint", str(small_checkpoint), "--repository", str(tmp_path / "r"), "--engines",
                        str(tmp_path / "e"), "--formats", "onnx", "--data", str(kaggle_dir), "--parity-images", "4",
                        "--precision", "int8"])
     captured = capsys.readouterr()
-    assert rc == 1 and "error: INT8 reads the eval split worse" in captured.err
+    assert rc == 1 and "error: INT8 reads the validation images worse" in captured.err
     assert "| int8 |" in captured.out and "| fp32 |" in captured.out  # the report prints both
     report = build_repository(small_checkpoint, tmp_path / "r", formats="onnx", engines_dir=tmp_path / "e",
                               data=kaggle_dir, parity_images=4, precision="auto")

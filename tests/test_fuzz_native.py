@@ -14,7 +14,7 @@ from htr.testing.fuzz_targets import TARGETS, run_target
 
 pytestmark = pytest.mark.slow
 
-SECONDS = 13  # per target: about a minute for the four
+SECONDS = 13  # per target: about a minute for the five
 
 
 @pytest.mark.parametrize("target", list(TARGETS))

@@ -11,7 +11,8 @@ class TritonPythonModel:
     """LOGPROBS (N x T x C) [+ INPUT_ERROR] -> TEXT, CONFIDENCE and ERROR per item.
 
     ``parameters``: ``decoder`` greedy | beam, ``beam_width``, ``lexicon_file`` (in the version folder;
-    constrains beam search to its entries). Items whose upstream step failed (INPUT_ERROR) or whose
+    constrains beam search to its entries), ``name_model_file`` (in the version folder: the checkpoint's
+    name model, guiding the beam search with ``lm_weight`` and ``insertion_bonus``). Items whose upstream step failed (INPUT_ERROR) or whose
     log-probabilities are not finite get an empty text, confidence 0 and the reason in ERROR.
     """
 
@@ -22,9 +23,14 @@ class TritonPythonModel:
         if stage.params.get("lexicon_file"):
             path = stage.version_dir / stage.params["lexicon_file"]
             lexicon = [w for w in path.read_text(encoding="utf-8").splitlines() if w]
+        name_model = None
+        if stage.params.get("name_model_file"):
+            name_model = stage.version_dir / stage.params["name_model_file"]
         try:
             self.codec = CTCDecoder(self.cfg, stage.params.get("decoder", "greedy"), stage.int_param("beam_width", 10),
-                                    lexicon)
+                                    lexicon, name_model=name_model,
+                                    lm_weight=float(stage.params.get("lm_weight") or 0.0),
+                                    insertion_bonus=float(stage.params.get("insertion_bonus") or 0.0))
         except ValueError as e:
             raise pb_utils.TritonModelException(str(e)) from e
         self.metrics = PredictionMetrics(pb_utils, stage.name, stage.version)

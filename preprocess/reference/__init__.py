@@ -4,7 +4,7 @@ Same signatures, same results (to float32 rounding for images, exactly for decod
 readable. The test suite runs each case against both; ``HTR_PURE_PYTHON=1`` makes the public
 functions use these.
 """
-from .ctc import Lexicon, ctc_beam_decode, ctc_greedy_decode
+from .ctc import Lexicon, NameModel, ctc_beam_decode, ctc_greedy_decode
 from .image import decode_images, preprocess_batch
 
-__all__ = ["Lexicon", "ctc_beam_decode", "ctc_greedy_decode", "decode_images", "preprocess_batch"]
+__all__ = ["Lexicon", "NameModel", "ctc_beam_decode", "ctc_greedy_decode", "decode_images", "preprocess_batch"]

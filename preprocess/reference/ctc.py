@@ -12,10 +12,19 @@ import math
 
 import numpy as np
 
-from .._ctc_checks import DEFAULT_PRUNE_LOGP, check_beam_args, check_greedy_args, nonfinite_error
+from .._ctc_checks import (
+    DEFAULT_INSERTION_BONUS,
+    DEFAULT_LEXICON_BONUS,
+    DEFAULT_LM_WEIGHT,
+    DEFAULT_PRUNE_LOGP,
+    check_beam_args,
+    check_greedy_args,
+    nonfinite_error,
+)
 from .._lexicon import Lexicon
+from .._namelm import NameModel
 
-__all__ = ["Lexicon", "ctc_beam_decode", "ctc_greedy_decode"]
+__all__ = ["Lexicon", "NameModel", "ctc_beam_decode", "ctc_greedy_decode"]
 
 NEG_INF = -math.inf
 
@@ -70,12 +79,48 @@ def greedy(logprobs, codepoints, blank, lengths, threads=1):
     return out
 
 
-def _beam_item(x: np.ndarray, blank: int, beam_width: int, prune_logp: float, lexicon: Lexicon | None):
+class _Scorer:
+    """The ranking terms besides the acoustic probability (the kernel's ``Scorer``)."""
+
+    def __init__(self, blank, name_model, lm_weight, insertion_bonus, lexicon, lexicon_mode, lexicon_bonus):
+        self.blank, self.lm, self.lm_weight, self.insertion_bonus = blank, name_model, lm_weight, insertion_bonus
+        self.lexicon, self.lexicon_bonus = lexicon, lexicon_bonus
+        self.hard = lexicon is not None and lexicon_mode == "hard"
+        self.soft = lexicon is not None and lexicon_mode == "soft"
+        self.start = name_model.start_state if name_model is not None else 0
+
+    def step(self, state: int, lm: float, c: int) -> tuple[int, float]:
+        """(name model state, ln-probability) after class ``c`` (alphabet position ``c - (c > blank)``)."""
+        if self.lm is None:
+            return 0, 0.0
+        i = c - (c > self.blank)
+        return int(self.lm.next_state[state, i]), lm + float(self.lm.logp[state, i])
+
+    def score(self, pb: float, pnb: float, lm: float, length: int) -> float:
+        """``logaddexp(pb, pnb) + lm_weight * lm + insertion_bonus * length``, in the kernel's order."""
+        s = logaddexp(pb, pnb)
+        if self.lm is not None:
+            s = s + self.lm_weight * lm
+        return s + self.insertion_bonus * length
+
+    def final(self, pb: float, pnb: float, lm: float, length: int, state: int, node: int) -> float:
+        """The score plus the weighted end-of-name ln-probability, plus the soft lexicon bonus."""
+        s = self.score(pb, pnb, lm, length)
+        if self.lm is not None:
+            s = s + self.lm_weight * float(self.lm.end_logp[state])
+        if self.soft and node >= 0 and self.lexicon.terminal[node]:
+            s = s + self.lexicon_bonus
+        return s
+
+
+def _beam_item(x: np.ndarray, beam_width: int, prune_logp: float, sc: _Scorer):
     """Prefix beam search over one item's valid frames ``x`` (L, C) float64 -> (classes, log score) or None.
 
-    A beam is (prefix, p_blank, p_nonblank, trie node); prefixes are tuples of class indices.
+    A beam is (prefix, p_blank, p_nonblank, trie node, name model state, name model ln-probability);
+    prefixes are tuples of class indices. The trie node is -1 once a soft-mode prefix leaves the lexicon.
     """
-    beams = [((), 0.0, NEG_INF, 0)]
+    blank, lexicon = sc.blank, sc.lexicon
+    beams = [((), 0.0, NEG_INF, 0, sc.start, 0.0)]
     children: dict[int, dict[int, int]] = {}  # trie node -> {class: child}, filled on first visit
 
     def trie_children(node: int) -> dict[int, int]:
@@ -93,58 +138,70 @@ def _beam_item(x: np.ndarray, blank: int, beam_width: int, prune_logp: float, le
         if argmax != blank and lp[argmax] < prune_logp:
             tried = sorted(tried + [argmax])
 
-        # candidates in generation order: prefix -> [p_blank, p_nonblank, node]
+        # candidates in generation order: prefix -> [p_blank, p_nonblank, node, lm state, lm ln-prob]
         cands: dict[tuple, list] = {}
-        for prefix, pb, pnb, node in beams:
+        for prefix, pb, pnb, node, state, lm in beams:
             total = logaddexp(pb, pnb)
             last = prefix[-1] if prefix else -1
-            stay = cands.setdefault(prefix, [NEG_INF, NEG_INF, node])
+            stay = cands.setdefault(prefix, [NEG_INF, NEG_INF, node, state, lm])
             stay[0] = logaddexp(stay[0], total + lp[blank])
             if last >= 0:
                 stay[1] = logaddexp(stay[1], pnb + lp[last])
-            kids = trie_children(node) if lexicon is not None else None
+            kids = trie_children(node) if sc.hard or (sc.soft and node >= 0) else {}
             for c in tried:
                 child = 0
-                if kids is not None:
+                if sc.hard:
                     child = kids.get(c, -1)
                     if child < 0:
                         continue
+                elif sc.soft:
+                    child = kids.get(c, -1)
                 if c == last:  # a repeated character needs a blank in between
                     if pb == NEG_INF:
                         continue
                     contrib = pb + lp[c]
                 else:
                     contrib = total + lp[c]
-                ext = cands.setdefault(prefix + (c,), [NEG_INF, NEG_INF, child])
+                ext = cands.get(prefix + (c,))
+                if ext is None:
+                    ext = cands[prefix + (c,)] = [NEG_INF, NEG_INF, child, *sc.step(state, lm, c)]
                 ext[1] = logaddexp(ext[1], contrib)
 
         items = list(cands.items())
-        scores = [logaddexp(pb, pnb) for _, (pb, pnb, _) in items]
+        scores = [sc.score(pb, pnb, lm, len(prefix)) for prefix, (pb, pnb, _, _, lm) in items]
         keep = sorted(range(len(items)), key=lambda k: -scores[k])[:beam_width]  # stable: ties by order
-        if lexicon is not None and not any(lexicon.terminal[items[k][1][2]] for k in keep):
+        if sc.hard and not any(lexicon.terminal[items[k][1][2]] for k in keep):
             # keep the best complete word even outside the top beam_width
             best, best_score = -1, NEG_INF
-            for k, (_, (_, _, node)) in enumerate(items):
+            for k, (_, (_, _, node, _, _)) in enumerate(items):
                 if lexicon.terminal[node] and scores[k] > best_score:
                     best, best_score = k, scores[k]
             if best >= 0:
                 keep.append(best)
-        beams = [(items[k][0], items[k][1][0], items[k][1][1], items[k][1][2]) for k in keep]
+        beams = [(items[k][0], *items[k][1]) for k in keep]
 
-    for prefix, pb, pnb, node in beams:
-        if lexicon is None or lexicon.terminal[node]:
-            return prefix, logaddexp(pb, pnb)
-    return None
+    # the best final score, ties by beam order; in hard mode only complete entries
+    best, best_score = None, NEG_INF
+    for prefix, pb, pnb, node, state, lm in beams:
+        if sc.hard and not lexicon.terminal[node]:
+            continue
+        s = sc.final(pb, pnb, lm, len(prefix), state, node)
+        if best is None or s > best_score:
+            best, best_score = (prefix, logaddexp(pb, pnb)), s
+    return best
 
 
-def beam(logprobs, codepoints, blank, lengths, threads, beam_width, prune_logp, lexicon):
-    """CTC prefix beam search per item (``beam_width == 1`` without a lexicon is greedy decoding)."""
-    if beam_width == 1 and lexicon is None:
+def beam(logprobs, codepoints, blank, lengths, threads, beam_width, prune_logp, lexicon, name_model=None,
+         lm_weight=0.0, insertion_bonus=0.0, lexicon_mode="hard", lexicon_bonus=0.0):
+    """CTC prefix beam search per item (``beam_width == 1`` with no lexicon, name model or insertion bonus
+    is greedy decoding)."""
+    if beam_width == 1 and lexicon is None and name_model is None and insertion_bonus == 0.0:
         return greedy(logprobs, codepoints, blank, lengths, threads)
     _check_finite(logprobs, lengths)
+    sc = _Scorer(blank, name_model, lm_weight, insertion_bonus, lexicon, lexicon_mode, lexicon_bonus)
     out = []
     for i, length in enumerate(lengths.tolist()):
-        found = _beam_item(logprobs[i, :length].astype(np.float64), blank, beam_width, prune_logp, lexicon)
+        found = _beam_item(logprobs[i, :length].astype(np.float64), beam_width, prune_logp, sc)
         if found is None:
             out.append(("", 0.0))
         else:
@@ -159,7 +216,10 @@ def ctc_greedy_decode(logprobs, alphabet, blank=0, lengths=None, threads=1):
 
 
 def ctc_beam_decode(
-    logprobs, alphabet, beam_width=10, lexicon=None, blank=0, lengths=None, threads=1, prune_logp=DEFAULT_PRUNE_LOGP
+    logprobs, alphabet, beam_width=10, lexicon=None, blank=0, lengths=None, threads=1, prune_logp=DEFAULT_PRUNE_LOGP,
+    *, name_model=None, lm_weight=DEFAULT_LM_WEIGHT, insertion_bonus=DEFAULT_INSERTION_BONUS, lexicon_mode="hard",
+    lexicon_bonus=DEFAULT_LEXICON_BONUS,
 ):
     """Reference of :func:`htr.preprocess.ctc_beam_decode` (same arguments, same results)."""
-    return beam(*check_beam_args(logprobs, alphabet, beam_width, lexicon, blank, lengths, threads, prune_logp))
+    return beam(*check_beam_args(logprobs, alphabet, beam_width, lexicon, blank, lengths, threads, prune_logp,
+                                 name_model, lm_weight, insertion_bonus, lexicon_mode, lexicon_bonus))
