@@ -14,7 +14,7 @@ PERF_ARGS ?=
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest monitor dashboards clean help
+.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest monitor dashboards clean help labelstudio
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -110,3 +110,27 @@ dashboards: install  ## regenerate monitoring/grafana/dashboards/serving.json fr
 
 clean:  ## remove build outputs (keeps the venv)
 	rm -rf build preprocess/_*.c preprocess/*.so *.egg-info
+
+# Label Studio for tests/test_labelling.py, in its own venv: its pins (numpy 2.2, OpenCV 4.12, label-studio-sdk 2.1)
+# clash with the project's (requirements-labelstudio.txt). A fresh Label Studio spends ~1 min migrating its
+# database, so the migrated database is made once here (`label-studio version` migrates and exits) and each
+# test's Label Studio starts from a copy (htr.labelling.local). Debian's chromium + chromedriver drive the
+# labelling view's screenshot test (selenium, requirements-dev.txt).
+LS_VENV ?= .venv-labelstudio
+
+$(LS_VENV)/.installed: requirements-labelstudio.txt
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip==24.3.1
+	$(LS_VENV)/bin/python -m pip install -q -r requirements-labelstudio.txt
+	rm -rf $(LS_VENV)/template && mkdir -p $(LS_VENV)/template
+	cd $(LS_VENV)/template && LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_VENV))/template LATEST_VERSION_CHECK=false \
+	  COLLECT_ANALYTICS=false $(abspath $(LS_VENV))/bin/label-studio version >../template.log 2>&1 \
+	  || { tail -20 $(LS_VENV)/template.log; exit 1; }
+	rm -f $(LS_VENV)/template/.env  # the secret key it generated: each test's Label Studio makes its own
+	test -s $(LS_VENV)/template/label_studio.sqlite3 && touch $@
+
+labelstudio: $(LS_VENV)/.installed  ## Label Studio (own venv, migrated template database) + headless Chromium, for the labelling tests
+	@scripts/debian-packages.sh chromium "the labelling view's screenshot test (tests/test_labelling.py)" \
+	  chromium-driver "chromedriver, through which selenium drives chromium"
+
+test: labelstudio

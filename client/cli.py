@@ -12,6 +12,10 @@ Kaggle ``labels.csv`` columns first, so a served run is scored like ``htr eval``
 ``--json`` a list of objects. An image that cannot be read (missing file, corrupt data) is listed with
 its error and does not stop the others.
 
+``--review-below T --review-out DIR`` also keeps the reads whose confidence is below T for people to check:
+DIR/reads.csv (FILENAME,TEXT,CONFIDENCE,SOURCE, lowest confidence first, at most ``--review-max``) and a copy
+of each image in DIR/images/, written here on the client; ``htr label push DIR`` sends them to Label Studio.
+
 Exit status: 0 when every image was read; 1 when some image could not be (a missing or unreadable file,
 a corrupt image: the others are still read and listed, the failed ones with their error), or the server is
 unreachable, the model is not ready or not the one expected, or requests time out; 2 when no image was
@@ -25,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+from htr.labelling.review import DEFAULT_LIMIT as DEFAULT_REVIEW_MAX  # stdlib only: light
 from htr.runtime.contract import ENSEMBLE  # a constant: light
 
 # only light imports here: ``htr --help`` imports this module (tritonclient loads in run())
@@ -53,6 +58,13 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
                    help="pass tensors through system shared memory (client on the server's host only)")
     p.add_argument("--recursive", "-r", action="store_true", help="also expand sub-folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    review = p.add_argument_group("review (doubtful reads for people to check: htr label push DIR)")
+    review.add_argument("--review-below", type=float, default=None, metavar="T",
+                        help="keep the images read with a confidence below T (with --review-out)")
+    review.add_argument("--review-out", type=Path, default=None, metavar="DIR",
+                        help="review folder to write: reads.csv + images/ (an earlier one there is replaced)")
+    review.add_argument("--review-max", type=int, default=DEFAULT_REVIEW_MAX, metavar="N",
+                        help="keep at most N reads, the least confident")
     p.set_defaults(func=run)
 
 
@@ -88,6 +100,22 @@ def run(args) -> int:
     from .errors import HTRClientError
     from .inputs import IMAGE_SUFFIXES, image_files
 
+    if (args.review_below is None) != (args.review_out is None):
+        _say("error: --review-below and --review-out go together (the threshold and the folder to write)")
+        return 2
+    if args.review_below is not None:
+        from htr.labelling.errors import LabellingError
+        from htr.labelling.folders import check_target
+        from htr.labelling.review import READS_CSV
+
+        if args.review_below <= 0 or args.review_max < 1:
+            _say("error: --review-below must be > 0 and --review-max >= 1")
+            return 2
+        try:
+            check_target(args.review_out, READS_CSV)  # before reading anything: a folder it may not replace
+        except LabellingError as e:
+            _say(f"error: --review-out: {e}")
+            return 2
     files = image_files(args.paths, args.recursive)
     if not files:
         _say(f"error: no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}")
@@ -119,6 +147,8 @@ def run(args) -> int:
     finally:
         if args.output:
             out.close()
+    if args.review_out is not None and not _write_review(args, client, files, preds):
+        return 1
     failed = [(name, p.error) for name, p in rows if not p.ok]
     summary = f"{len(rows) - len(failed)} of {len(rows)} images recognised via {client.url} ({args.protocol})"
     if failed:
@@ -126,3 +156,34 @@ def run(args) -> int:
         summary += " ..." if len(failed) > 5 else ""
     _say(summary + (f"; wrote {args.output}" if args.output else ""))
     return 1 if failed else 0  # every image was tried; a missing or unreadable one makes the exit status 1
+
+
+def _write_review(args, client, files, preds) -> bool:
+    """Keep the doubtful reads in the review folder (htr.labelling.review); say what was kept."""
+    import datetime
+
+    from htr.labelling.errors import LabellingError
+    from htr.labelling.review import select_doubtful, write_review
+
+    read = [(path, name, p.text, p.confidence) for (path, name), p in zip(files, preds) if p.ok]
+    kept = select_doubtful(read, args.review_below, args.review_max)
+    below = sum(conf < args.review_below for *_, conf in read)
+    served = client.served  # read at connect time: what answered
+    meta = {"server": client.url, "protocol": args.protocol, "model": served.name,
+            "model_version": f"{served.name}:{served.version or 'latest'}",
+            "alphabet": served.config.alphabet, "review_below": args.review_below,
+            "review_max": args.review_max, "read": len(read), "below": below,
+            "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        write_review(args.review_out, kept, meta)
+    except LabellingError as e:
+        _say(f"error: {e}")
+        return False
+    capped = f" (the {len(kept)} least confident: --review-max)" if below > len(kept) else ""
+    _say(f"review: kept {len(kept)} of {len(read)} reads with confidence below {args.review_below:g}{capped} "
+         f"in {args.review_out} (reads.csv + images/); send them with `htr label push {args.review_out}`")
+    for r in kept[:20]:
+        _say(f"  {r.confidence:.3f}  {r.text or '(empty)':20s}  {r.filename}")
+    if len(kept) > 20:
+        _say(f"  ... {len(kept) - 20} more in reads.csv")
+    return True

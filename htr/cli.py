@@ -10,6 +10,7 @@
     htr monitor     run Prometheus (Debian's) with the project's rules against a running htr serve
     htr recognize   read images through a running server (client)
     htr loadtest    bounded Locust load test against a local server, with a summary
+    htr label       send doubtful reads to people in Label Studio (push), fetch their corrections (pull)
 
 ``htr <command> --help`` explains each one.
 """
@@ -32,6 +33,7 @@ COMMANDS = {
     "monitor": "htr.serve.monitor",
     "recognize": "htr.client.cli",
     "loadtest": "htr.loadtest.run",
+    "label": "htr.labelling.cli",
 }
 
 
