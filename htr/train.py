@@ -71,6 +71,13 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--pseudo-every", type=int, default=5, help="re-label every N epochs (and at start with --init)")
     g.add_argument("--pseudo-weight", type=float, default=1.0, help="loss weight of pseudo-labelled samples")
     g.add_argument("--lexicon", type=Path, default=None, help="lexicon for pseudo-labelling (default: --names)")
+    g.add_argument("--pseudo-decoder", choices=["lexicon", "names"], default="lexicon",
+                   help="how the teacher reads unlabelled images: lexicon = beam search constrained to --lexicon "
+                        "(every pseudo-label a known name); names = beam search with --name-model (open "
+                        "vocabulary) and --lexicon as a soft bonus (bench/pseudo_label_bench.py compares them)")
+    g.add_argument("--name-model", type=Path, default=None,
+                   help="name model (.npz, python -m htr.name_model) for --pseudo-decoder names")
+    g.add_argument("--pseudo-lm-weight", type=float, default=0.5, help="name-model weight when pseudo-labelling")
     g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0: off)")
     g.add_argument("--eval-fraction", type=float, default=1 / 3,
                    help="share of real images held out for scoring (hash split; never trained on or selected with)")
@@ -209,8 +216,10 @@ def validate(model, loader, cfg: HTRConfig, device, ctx: distributed.Context = d
 
 
 def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, device, batch_size=64,
-                 progress=True, stop=lambda: False, ctx: distributed.Context = distributed.Context()) -> list[Sample]:
-    """Read unlabelled images with a lexicon beam search; keep those at least ``threshold`` confident.
+                 progress=True, stop=lambda: False, ctx: distributed.Context = distributed.Context(),
+                 decoder_options: dict | None = None) -> list[Sample]:
+    """Read unlabelled images with a lexicon beam search (``decoder_options``: other ``CTCDecoder`` keywords,
+    e.g. a name model and a soft lexicon); keep those at least ``threshold`` confident.
 
     ``stop()`` is checked between batches: a run told to stop returns what it has labelled so far.
     Under torchrun each rank reads its shard (``ctx.shard``) of the sorted files; the caller gathers.
@@ -221,7 +230,7 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
     from .preprocess import decode_images, preprocess_batch
 
     files = ctx.shard(sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
-    codec = CTCDecoder(cfg, "beam", 10, lexicon_words or None)
+    codec = CTCDecoder(cfg, "beam", 10, lexicon_words or None, **(decoder_options or {}))
     kept = []
     model.eval()
     with torch.inference_mode():
@@ -334,6 +343,15 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
 
         lex_path = args.lexicon or names_path
         lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None
+    pseudo_options = None
+    if args.pseudo and args.pseudo_decoder == "names":
+        if args.name_model is None or not args.name_model.is_file():
+            raise SystemExit(f"error: --pseudo-decoder names needs --name-model FILE (got {args.name_model}); "
+                             "build one with python -m htr.name_model")
+        from .preprocess import NameModel
+
+        pseudo_options = {"name_model": NameModel.load(args.name_model), "lm_weight": args.pseudo_lm_weight,
+                          "insertion_bonus": 1.0, "lexicon_mode": "soft"}
 
     collate = Collate(cfg, build_augment(args.augment) if args.augment > 0 else None)
     val_loader = DataLoader(ImageDataset(ctx.shard(val_samples)), batch_size=64, shuffle=False, collate_fn=Collate(cfg))
@@ -405,7 +423,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
                 labeller, label_cfg = (init_model(), init_cfg) if first else (model, cfg)
                 labelled = pseudo_label(labeller, label_cfg, args.pseudo, lexicon_words, args.pseudo_threshold,
                                         device, progress=not args.no_progress and ctx.is_main,
-                                        stop=lambda: stop["now"], ctx=ctx)
+                                        stop=lambda: stop["now"], ctx=ctx, decoder_options=pseudo_options)
                 labelled = ctx.gather_sorted(labelled, key=lambda s: s.path)  # every rank: the same training set
                 if stopping():  # the previous epoch's last.pt stays the resume point; --resume relabels
                     say("stopped while pseudo-labelling: this epoch is not trained", file=sys.stderr)

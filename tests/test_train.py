@@ -225,3 +225,23 @@ def test_empty_rows_train_as_empty_text_and_the_validation_part_is_on_the_train_
     assert {s.path for s in rest} | {s.path for s in val} == {s.path for s in train}
     assert not {s.path for s in val} & ({s.path for s in rest} | {s.path for s in held})
     assert 0.18 < len(val) / len(train) < 0.32
+
+
+def test_pseudo_labels_with_the_name_model_are_open_vocabulary(tmp_path, tiny_kaggle, checkpoint):
+    """``--pseudo-decoder names``: the teacher's reads need not be lexicon entries (the hard lexicon forces every
+    read into one); without a name model file the run stops with a clear error."""
+    from htr.model import load_model
+    from htr.preprocess import NameModel
+    from htr.train import pseudo_label
+
+    model, cfg, _ = load_model(checkpoint)
+    lexicon = ["MARTIN", "LEA"]
+    names = NameModel.train(["MARTIN", "LEA", "THOMAS", "CAMILLE"], cfg.alphabet, order=3)
+    hard = pseudo_label(model, cfg, tiny_kaggle / "labelled", lexicon, 0.0, torch.device("cpu"), progress=False)
+    soft = pseudo_label(model, cfg, tiny_kaggle / "labelled", lexicon, 0.0, torch.device("cpu"), progress=False,
+                        decoder_options={"name_model": names, "lm_weight": 0.3, "lexicon_mode": "soft"})
+    assert {s.text for s in hard} <= set(lexicon)
+    assert len({s.text for s in soft} - set(lexicon)) > 10
+    with pytest.raises(SystemExit, match="--pseudo-decoder names needs --name-model"):
+        cli(["train", "--real", str(tiny_kaggle), "--out", str(tmp_path / "r"), "--pseudo", str(tiny_kaggle / "labelled"),
+             "--pseudo-decoder", "names", "--metrics-port", "0", *TINY])
