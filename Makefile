@@ -14,7 +14,7 @@ PERF_ARGS ?=
 SHARED ?= ../shared/data/kaggle_names
 export HTR_DATA ?= $(abspath $(SHARED))
 
-.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest monitor dashboards clean help labelstudio
+.PHONY: install test-tools build test test-fast demo bench perf serve repository loadtest monitor dashboards clean help labelstudio name-model
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,13 +69,20 @@ build: $(VENV)/.installed  ## (re)compile the Cython kernels in place after edit
 
 test: install test-tools  ## run the whole test suite (Cython and pure-Python reference paths)
 	$(PY) -m pytest -ra --durations=15 tests
-	HTR_PURE_PYTHON=1 $(PY) -m pytest -q tests/test_preprocess.py tests/test_ctc.py
+	HTR_PURE_PYTHON=1 $(PY) -m pytest -q tests/test_preprocess.py tests/test_ctc.py tests/test_name_model.py
 
 test-fast: install test-tools  ## the tests not marked slow (no servers, no training runs, no fuzzing)
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install  ## run the main job end to end on the bundled defaults
 	$(PY) -m htr.cli demo --data $(HTR_DATA)
+
+# the name model the beam search uses (names corpus minus the labelled images' labels, plus Faker names); the
+# shipped checkpoint carries its own copy: this file is for `htr tune-decoder` and `htr train --pseudo-decoder names`
+models/names_lm.npz: | install
+	$(PY) -m htr.name_model --out $@
+
+name-model: models/names_lm.npz  ## build models/names_lm.npz (2 s) from $(HTR_DATA)
 
 bench: install  ## timing goals (see BENCHMARKS.md)
 	$(PY) bench/preprocess_bench.py --data $(HTR_DATA)
