@@ -4,9 +4,10 @@ match before and after each.
 
 The pool is the train side of the labelled folder (``htr.data.split_samples``), whose labels stand in for what
 a labeller would type. Each arm trains ``--steps`` steps of ``--batch-size`` from ``--checkpoint`` with the same
-seed, BF16 autocast where the CPU has it, augmentation as ``htr train``; each batch is half reviewed images, half
-synthetic names (the rehearsal that keeps the model from forgetting everything else). The eval split is only
-scored. Caveat: a model trained on the whole train side (the shipped one) has seen these images before; the
+seed, BF16 autocast where the CPU has it, augmentation as ``htr train``, BatchNorm statistics frozen (a few
+hundred images must not re-estimate them); each batch is half reviewed images, half rehearsal (``--rehearsal
+CSV:IMAGES``, e.g. the pseudo-labelled scans ``htr train`` used, else synthetic names), which keeps the model from
+forgetting everything else. The eval split is only scored. Caveat: a model trained on the whole train side (the shipped one) has seen these images before; the
 difference between the arms is then what choosing by confidence adds, not what new images add.
 
 Example::
@@ -43,10 +44,13 @@ def eval_exact(model, cfg, samples) -> dict:
     return score([t for t, _ in preds], [s.text for s in samples])
 
 
-def fine_tune(checkpoint: Path, reviewed, synth, steps: int, batch: int, lr: float, seed: int):
+def fine_tune(checkpoint: Path, reviewed, rehearsal, steps: int, batch: int, lr: float, seed: int):
     model, cfg, _ = load_model(checkpoint)
     model.cnn.to(memory_format=torch.channels_last)
     model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()  # frozen statistics
     dtype = autocast_dtype(torch.device("cpu"), "auto")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     collate = Collate(cfg, build_augment(1.0))
@@ -55,8 +59,12 @@ def fine_tune(checkpoint: Path, reviewed, synth, steps: int, batch: int, lr: flo
     half = batch // 2
     for step in range(steps):
         items = [(s.path.read_bytes(), s.text, 1.0) for s in (reviewed[i] for i in rng.integers(len(reviewed), size=half))]
-        synth.epoch = step
-        items += [synth[int(i)] for i in rng.integers(len(synth), size=batch - half)]
+        if isinstance(rehearsal, SynthDataset):
+            rehearsal.epoch = step
+            items += [rehearsal[int(i)] for i in rng.integers(len(rehearsal), size=batch - half)]
+        else:
+            items += [(s.path.read_bytes(), s.text, 1.0) for s in (rehearsal[i] for i in
+                                                                    rng.integers(len(rehearsal), size=batch - half))]
         b = collate(items)
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             logprobs = model(b["pixels"].contiguous(memory_format=torch.channels_last))
@@ -78,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--rehearsal", default=None, metavar="CSV:IMAGES",
+                    help="labelled (e.g. pseudo-labelled) images mixed into every batch (default: synthetic names)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or available_cores())
@@ -92,15 +102,18 @@ def main(argv=None) -> int:
     names = load_names(args.data / "names_corpus.txt")
     labels = {s.text for s in samples}
     names = [n for n in names if n not in labels]  # no eval label rendered into the rehearsal
-    synth = SynthDataset(SynthGenerator(base.cfg.alphabet, names=names, seed=args.seed, blank_ratio=0.03), 100_000,
-                         args.seed)
+    rehearsal = SynthDataset(SynthGenerator(base.cfg.alphabet, names=names, seed=args.seed, blank_ratio=0.03),
+                             100_000, args.seed)
+    if args.rehearsal:
+        csv_path, _, images = args.rehearsal.partition(":")
+        rehearsal, _ = read_kaggle(csv_path, images or None, base.cfg.alphabet)
     before = eval_exact(base.model, base.cfg, held)
     rows = {"before": {"exact_match": before["exact_match"], "cer": before["cer"]}}
     print(f"{machine()}; {args.checkpoint}; pool: {len(pool)} train-side images; eval split {len(held)}; "
-          f"{args.steps} steps of {args.batch_size} (half reviewed, half synthetic), lr {args.lr}")
+          f"{args.steps} steps of {args.batch_size} (half reviewed, half {args.rehearsal or 'synthetic'}), lr {args.lr}")
     for name, chosen in (("least confident", least), ("random", rand)):
         t0 = time.perf_counter()
-        model, cfg = fine_tune(args.checkpoint, chosen, synth, args.steps, args.batch_size, args.lr, args.seed)
+        model, cfg = fine_tune(args.checkpoint, chosen, rehearsal, args.steps, args.batch_size, args.lr, args.seed)
         after = eval_exact(model, cfg, held)
         mean_conf = float(np.mean([confs[pool.index(s)] for s in chosen]))
         base_right = sum(t == s.text for s, (t, _) in zip(chosen, base.predict_files([s.path for s in chosen])))
@@ -113,7 +126,8 @@ def main(argv=None) -> int:
         print(f"| {args.count} {name} | {r['already_right_before']} | {r['mean_confidence']:.3f} | "
               f"{r['exact_match']:.3f} | {r['cer']:.4f} |")
     write_json(args.json, {"machine": machine(), "date": stamp(), "checkpoint": str(args.checkpoint),
-                           "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rows": rows})
+                           "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                           "rehearsal": args.rehearsal or "synthetic", "rows": rows})
     return 0
 
 

@@ -195,6 +195,10 @@ def build_repository(
     if parity_images > 0:
         images = _parity_folder(data, say)
         batches = real_batches(cfg, images, parity_images)
+        with torch.inference_mode():
+            if not torch.isfinite(model(torch.from_numpy(batches[0]))).all():
+                raise ExportError(f"{checkpoint} reads real images as NaN/inf log-probabilities (a training run "
+                                  "that diverged?): nothing exported")
         say(f"checkpoint {checkpoint}: input {cfg.input.height}x{cfg.input.width}, {cfg.num_classes} classes; "
             f"parity on {len(batches[0])} images from {images}")
     else:

@@ -248,6 +248,60 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
 
 
+def versions(model_dir: Path) -> list[int]:
+    """The numbered version folders of one model, ascending (what Triton's version policy chooses from)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_options(root: Path) -> RepositoryOptions:
+    """The serving settings a repository was written with, read back from its configs: target and engine, precision,
+    instances and threads, batching, shapes the configs state, size limits, a lexicon, and ``version`` = its newest
+    version. What rebuilds the repository from another checkpoint with the same settings (``htr publish``).
+
+    Decoding is the checkpoint's to say (``decoder=None``, no name model): only a lexicon, which the operator
+    chose at export, is read back. Shapes the configs do not hold (the TensorRT profile's widths) keep their
+    defaults."""
+    root = Path(root)
+    pre, crnn, dec = read_config(root / PREPROCESS), read_config(root / CRNN), read_config(root / DECODE)
+
+    def param(c: mc.ModelConfig, key: str, default=None):
+        return c.parameters[key].string_value if key in c.parameters else default
+
+    gpu = crnn.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU if crnn.instance_group else False
+    o = RepositoryOptions(target="gpu" if gpu else "cpu")
+    if gpu:
+        platform = crnn.platform or crnn.backend
+        o.gpu_engine = next(e for e, spec in GPU_BACKENDS.items() if spec[0] == platform)
+    else:
+        o.cpu_engine = param(crnn, "engine", o.cpu_engine)
+        o.precision = param(crnn, "precision", "fp32") if o.cpu_engine == "onnxruntime" else "fp32"
+        o.crnn_threads = int(param(crnn, "intra_op_threads" if o.cpu_engine == "onnxruntime" else "torch_threads",
+                                   o.crnn_threads))
+    warmup_batches = [w.batch_size for w in crnn.model_warmup] or [Shapes.opt_batch]
+    max_width = int(param(crnn, "max_width", Shapes.max_width))
+    o.shapes = Shapes(max_batch=crnn.max_batch_size, opt_batch=max(warmup_batches),
+                      opt_width=min(Shapes.opt_width, max_width), max_width=max_width)
+    o.preprocess_instances = pre.instance_group[0].count
+    o.crnn_instances = crnn.instance_group[0].count
+    o.decode_instances = dec.instance_group[0].count
+    o.preprocess_threads = int(param(pre, "threads", o.preprocess_threads))
+    o.dynamic_batching = crnn.HasField("dynamic_batching")
+    o.queue_delay_us = pre.dynamic_batching.max_queue_delay_microseconds
+    o.crnn_queue_delay_us = crnn.dynamic_batching.max_queue_delay_microseconds
+    o.max_pixels = int(param(pre, "max_pixels", o.max_pixels))
+    o.max_bytes = int(param(pre, "max_bytes", o.max_bytes))
+    o.max_request_bytes = int(param(pre, "max_request_bytes", o.max_request_bytes))
+    o.version = max((v for name in (ENSEMBLE, PREPROCESS, CRNN, DECODE) for v in versions(root / name)), default=1)
+    lexicon_file = param(dec, "lexicon_file")
+    if lexicon_file and versions(root / DECODE):
+        path = root / DECODE / str(versions(root / DECODE)[-1]) / lexicon_file
+        o.lexicon = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
+    return o
+
+
 def write_repository(root: Path, cfg: HTRConfig, opts: RepositoryOptions, crnn_artifact: Path) -> Path:
     """(Re)write the four models under ``root``; ``crnn_artifact`` is the file ``opts.cpu_engine`` serves (cpu:
     the ONNX file, FP32 or INT8, or the TorchScript file) or the engine file for ``opts.gpu_engine`` (gpu).

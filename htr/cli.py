@@ -7,6 +7,7 @@
     htr tune-decoder  choose the beam search's name-model weight on validation, save it in the checkpoint
     htr export      export a checkpoint (TorchScript/ONNX/TensorRT), check parity, write the model repository
     htr serve       run Triton on the model repository (foreground)
+    htr publish     roll a checkpoint out to the running server as its next version (--rollback: back)
     htr monitor     run Prometheus (Debian's) with the project's rules against a running htr serve
     htr recognize   read images through a running server (client)
     htr loadtest    bounded Locust load test against a local server, with a summary
@@ -30,6 +31,7 @@ COMMANDS = {
     "tune-decoder": "htr.tune_decoder",
     "export": "htr.export.build_engine",
     "serve": "htr.serve.cli",
+    "publish": "htr.serve.publish",
     "monitor": "htr.serve.monitor",
     "recognize": "htr.client.cli",
     "loadtest": "htr.loadtest.run",

@@ -5,6 +5,17 @@ Example::
     htr eval --checkpoint models/crnn_names.pt --labels ../shared/data/kaggle_names/labels.csv \\
              --images ../shared/data/kaggle_names/labelled --split eval --json
 
+``--checkpoint`` given more than once compares the checkpoints on the same images, one row each (exact match,
+CER, n, decoding) and each one's difference from the first: how many reads it fixed and broke, and the change
+in points. What a fine-tune on corrections did to the held-out images, in one table::
+
+    htr eval --checkpoint models/crnn_names.pt --checkpoint runs/finetune/best.pt \\
+             --labels ../shared/data/kaggle_names/labels.csv --split eval
+
+Without ``--decoder`` each checkpoint reads with its own decoding (the one its exported repository serves).
+With ``--json`` the comparison is one JSON object: ``rows`` (each checkpoint's result, as a single
+checkpoint prints it) and ``differences`` (each later checkpoint against the first).
+
 ``--split eval`` keeps only the held-out real images (the hash split of ``htr.data.split_of``) that
 training never sees; ``--split all`` scores every row.
 
@@ -30,7 +41,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p = sub.add_parser("eval", help="score a checkpoint on a labelled folder (JSON out)", description=__doc__,
                        formatter_class=formatter_class)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="CRNN checkpoint (.pt) to run offline")
+    src.add_argument("--checkpoint", type=Path, action="append",
+                     help="CRNN checkpoint (.pt) to run offline; repeat it to compare checkpoints on the same "
+                          "images (one row each, differences from the first)")
     src.add_argument("--served", type=Path,
                      help="predictions CSV from `htr recognize --csv` (FILENAME,IDENTITY,...) to score instead")
     p.add_argument("--labels", type=Path, required=True, help="CSV with FILENAME,IDENTITY")
@@ -74,6 +87,35 @@ def read_served(path: Path, samples) -> tuple[list[tuple[str, float]], int]:
     return out, sum(1 for s in samples if s.path.name not in rows)
 
 
+def compare(rows: list[dict], reads: list[list[tuple[str, float]]], labels: list[str]) -> list[dict]:
+    """Each row after the first against the first, on the same images: reads it fixed (wrong -> right) and broke
+    (right -> wrong), and the change of exact match and CER in points (positive CER: worse)."""
+    first = [p == t for (p, _), t in zip(reads[0], labels)]
+    out = []
+    for row, preds in zip(rows[1:], reads[1:]):
+        right = [p == t for (p, _), t in zip(preds, labels)]
+        out.append({"checkpoint": row["checkpoint"], "against": rows[0]["checkpoint"],
+                    "fixed": sum(r and not f for f, r in zip(first, right)),
+                    "broken": sum(f and not r for f, r in zip(first, right)),
+                    "changed_reads": sum(p != q for (p, _), (q, _) in zip(reads[0], preds)),
+                    "exact_match_pt": round(100 * (row["exact_match"] - rows[0]["exact_match"]), 2),
+                    "cer_pt": round(100 * (row["cer"] - rows[0]["cer"]), 2)})
+    return out
+
+
+def comparison_table(rows: list[dict], differences: list[dict]) -> str:
+    """The Markdown table of a comparison: one row per checkpoint, the differences from the first beside it."""
+    lines = ["| checkpoint | decoding | n | exact match | CER | exact vs first | CER vs first | fixed | broken |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rows):
+        d = differences[i - 1] if i else None
+        diff = (f"{d['exact_match_pt']:+.2f} pt | {d['cer_pt']:+.2f} pt | {d['fixed']} | {d['broken']}" if d
+                else "| | |")
+        lines.append(f"| {r['checkpoint']} | {r['decoder']} | {r['n']} | {100 * r['exact_match']:.2f}% | "
+                     f"{100 * r['cer']:.2f}% | {diff} |")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     thresholds = None
     if args.by_confidence is not None:
@@ -92,34 +134,53 @@ def run(args) -> int:
     if not samples:
         print(f"error: no usable rows in {args.labels} (split {args.split})", file=sys.stderr)
         return 2
+    labels = [s.text for s in samples]
+    common = {"labels": str(args.labels), "split": args.split,
+              "lexicon": str(args.lexicon) if args.lexicon else None, "dropped": dict(report.dropped)}
+    results, reads = [], []
     if args.served:
         preds, missing = read_served(args.served, samples)
-        result = score([p for p, _ in preds], [s.text for s in samples])
-        result.update({"served": str(args.served), "missing": missing})
-        decoder = "served"
+        result = score([p for p, _ in preds], labels)
+        result.update({"served": str(args.served), "missing": missing, "decoder": "served"})
+        results.append(result)
+        reads.append(preds)
     else:
         from .offline import OfflineRecognizer
 
-        rec = OfflineRecognizer(args.checkpoint, device=args.device, decoder=args.decoder, lexicon=args.lexicon,
-                         beam_width=args.beam_width, batch_size=args.batch_size)
-        result, preds = evaluate(rec, samples)
-        result["checkpoint"] = str(args.checkpoint)
-        decoder = rec.codec.describe()
-    if thresholds:
-        result["by_confidence"] = by_confidence([p for p, _ in preds], [c for _, c in preds],
-                                                [s.text for s in samples], thresholds)
-    result.update({
-        "labels": str(args.labels), "split": args.split, "decoder": decoder,
-        "lexicon": str(args.lexicon) if args.lexicon else None, "dropped": dict(report.dropped),
-    })
+        for checkpoint in args.checkpoint:
+            try:
+                rec = OfflineRecognizer(checkpoint, device=args.device, decoder=args.decoder, lexicon=args.lexicon,
+                                        beam_width=args.beam_width, batch_size=args.batch_size)
+            except (FileNotFoundError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            result, preds = evaluate(rec, samples)
+            result.update({"checkpoint": str(checkpoint), "decoder": rec.codec.describe()})
+            results.append(result)
+            reads.append(preds)
+    for result, preds in zip(results, reads):
+        if thresholds:
+            result["by_confidence"] = by_confidence([p for p, _ in preds], [c for _, c in preds], labels, thresholds)
+        result.update(common)
     if args.predictions:
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         with open(args.predictions, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["FILENAME", "IDENTITY", "PREDICTION", "CONFIDENCE"])
-            for s, (text, conf) in zip(samples, preds):
-                w.writerow([s.path.name, s.text, text, f"{conf:.4f}"])
-    if not args.json:
-        print(f"{report}\nscored {result['n']} images ({decoder})", file=sys.stderr)
-    print(json.dumps(result, sort_keys=True))
+            tags = [""] if len(reads) == 1 else [f"_{i}" for i in range(1, len(reads) + 1)]  # one per checkpoint
+            w.writerow(["FILENAME", "IDENTITY", *(f"{c}{t}" for t in tags for c in ("PREDICTION", "CONFIDENCE"))])
+            for i, s in enumerate(samples):
+                w.writerow([s.path.name, s.text, *(v for preds in reads for v in (preds[i][0], f"{preds[i][1]:.4f}"))])
+    if len(results) == 1:
+        (result,) = results
+        if not args.json:
+            print(f"{report}\nscored {result['n']} images ({result['decoder']})", file=sys.stderr)
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    differences = compare(results, reads, labels)
+    if args.json:
+        print(json.dumps({"rows": results, "differences": differences, **common}, sort_keys=True))
+    else:
+        print(f"{report}\nthe same {len(samples)} images ({args.labels}, split {args.split}) for each checkpoint",
+              file=sys.stderr)
+        print(comparison_table(results, differences))
     return 0

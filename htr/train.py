@@ -391,6 +391,12 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         say(f"resumed from {args.out / 'last.pt'} at epoch {start_epoch}, step {step}")
 
     precision = {torch.bfloat16: "+ BF16 autocast", torch.float16: "+ FP16 autocast"}.get(amp_dtype, "(FP32)")
+    # the --init checkpoint's own decoding (name model + weights, htr tune-decoder) stays with the fine-tuned
+    # weights, so a fine-tune is served as its parent was; re-run htr tune-decoder to re-choose the weights
+    carried = {}
+    source = resume_ckpt if resume_ckpt is not None else (init_ckpt if args.init else None)
+    if source is not None and source.get("decoding"):
+        carried["decoding"] = source["decoding"]
     metrics = TrainingExporter(args.metrics_port if ctx.is_main else 0, args.metrics_addr, args.out.name, str(device))
     say(f"model: {count_parameters(model):,} parameters, input {cfg.input.height}x{cfg.input.width}, "
         f"{cfg.num_classes} classes; device {device} {precision}"
@@ -504,10 +510,10 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
             if ctx.distributed:
                 state["rng_ranks"] = ctx.gather(state["rng"])
             if ctx.is_main:
-                save_checkpoint(args.out / "last.pt", model, cfg, **state)
+                save_checkpoint(args.out / "last.pt", model, cfg, **state, **carried)
                 if improved:
                     save_checkpoint(args.out / "best.pt", model, cfg, epoch=epoch + 1, step=step,
-                                    val={k: v for k, v in val.items() if k != "examples"})
+                                    val={k: v for k, v in val.items() if k != "examples"}, **carried)
             if stopping() or (args.max_steps and step >= args.max_steps):
                 break
             if stale >= args.patience:

@@ -95,3 +95,21 @@ def tiny_kaggle(tmp_path_factory, kaggle_dir):
             w.writerow([s.path.name, s.text])
     (root / "names_corpus.txt").write_text("\n".join(s.text for s in samples) + "\n")
     return root
+
+
+# --- a real Label Studio (the review loop: tests/test_labelling.py, tests/test_review_loop.py) ----------------------
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """Label Studio from .venv-labelstudio (`make labelstudio`) on a free loopback port, data in a temp folder."""
+    from htr.labelling.local import LocalLabelStudio
+
+    ls = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"))
+    if not ls.executable.is_file():
+        pytest.fail(f"{ls.executable} not found: `make labelstudio` installs Label Studio (its own venv)",
+                    pytrace=False)
+    ls.start(timeout_s=240)
+    print(f"\nLabel Studio ready on {ls.url} in {ls.startup_s:.1f} s "
+          f"({'migrated template database' if ls.from_template else 'fresh database: migrations'})")
+    yield ls
+    ls.stop()

@@ -115,3 +115,15 @@ def test_served_name_model_decoding_equals_offline(tmp_path, lm_checkpoint, kagg
         server.stop()
     assert texts == [t for t, _ in expected]
     np.testing.assert_allclose(confs, [c for _, c in expected], rtol=1e-4, atol=1e-6)
+
+
+def test_a_fine_tune_keeps_its_parents_decoding(tmp_path, lm_checkpoint, tiny_kaggle):
+    from htr.cli import main
+
+    out = tmp_path / "ft"
+    assert main(["train", "--init", str(lm_checkpoint), "--real", str(tiny_kaggle), "--out", str(out), "--synth", "0",
+                 "--epochs", "1", "--max-steps", "1", "--batch-size", "4", "--workers", "0", "--metrics-port", "0",
+                 "--no-progress"]) == 0
+    for name in ("last.pt", "best.pt"):
+        spec, lm = checkpoint_decoding(load_checkpoint(out / name))
+        assert spec == DecodingSpec("beam", 10, 1.0, 1.0) and lm is not None

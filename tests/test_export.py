@@ -2,6 +2,7 @@
 repository's configs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from htr.config import HTRConfig, ModelConfig
 from htr.export.build import ExportError, ExportUsageError, build_repository
 from htr.export.build_engine import main as build_engine, parse_args
 from htr.export.engines import Shapes, load_torchscript, onnx_config
-from htr.export.repository import RepositoryOptions, read_config, write_repository
+from htr.export.repository import RepositoryOptions, read_config, read_options, write_repository
 from htr.model import CRNN, save_checkpoint
 from htr.threads import thread_plan
 
@@ -149,6 +150,26 @@ def test_lexicon_switches_decoder_to_beam(tmp_path, small_checkpoint):
     assert dec.parameters["decoder"].string_value == "beam"
     assert (tmp_path / "repo" / "ctc_decode" / "1" / "lexicon.txt").read_text().split() == ["MARTIN", "LEA"]
     assert json.loads(dec.parameters["htr_config"].string_value)["alphabet"] == SMALL.alphabet
+
+
+@pytest.mark.parametrize("opts", [
+    RepositoryOptions(precision="int8", shapes=Shapes(max_batch=16, opt_batch=8, opt_width=256, max_width=512),
+                      preprocess_instances=2, crnn_instances=3, decode_instances=2, preprocess_threads=2,
+                      crnn_threads=1,
+                      queue_delay_us=100, crnn_queue_delay_us=250, max_pixels=1_000_000, max_bytes=4096,
+                      max_request_bytes=65536, lexicon=["LEA", "MARTIN"], version=3),
+    RepositoryOptions(cpu_engine="torchscript", dynamic_batching=False, crnn_threads=2),
+    RepositoryOptions(target="gpu", gpu_engine="libtorch", shapes=Shapes(max_batch=32, opt_batch=16), version=2),
+], ids=["cpu-onnxruntime", "cpu-torchscript", "gpu-libtorch"])
+def test_read_options_gives_back_what_write_repository_wrote(tmp_path, opts):
+    """What ``htr publish`` rebuilds a served repository with: every serving setting the configs hold."""
+    artifact = tmp_path / "engine.bin"
+    artifact.write_bytes(b"stand-in engine file")
+    write_repository(tmp_path / "repo", SMALL, opts, artifact)
+    back = read_options(tmp_path / "repo")
+    if opts.target == "gpu":  # a GPU crnn states no thread count (nor the TensorRT profile's widths)
+        back = dataclasses.replace(back, crnn_threads=opts.crnn_threads)
+    assert back == opts
 
 
 def test_int8_outside_the_accuracy_gate_fails_and_auto_falls_back_to_fp32(tmp_path, small_checkpoint, kaggle_dir,

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
-import json
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -122,22 +120,6 @@ def test_data_urls_round_trip():
 # --- a real htr serve and a real Label Studio ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    """Label Studio from .venv-labelstudio (`make labelstudio`) on a free loopback port, data in a temp folder."""
-    from htr.labelling.local import LocalLabelStudio
-
-    ls = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"))
-    if not ls.executable.is_file():
-        pytest.fail(f"{ls.executable} not found: `make labelstudio` installs Label Studio (its own venv)",
-                    pytrace=False)
-    ls.start(timeout_s=240)
-    print(f"\nLabel Studio ready on {ls.url} in {ls.startup_s:.1f} s "
-          f"({'migrated template database' if ls.from_template else 'fresh database: migrations'})")
-    yield ls
-    ls.stop()
-
-
-@pytest.fixture(scope="module")
 def truth(kaggle_dir):
     """The first N real labelled images and their labels."""
     with open(kaggle_dir / "labels.csv", newline="") as f:
@@ -230,11 +212,7 @@ def test_push_makes_one_task_per_read_with_its_prediction_and_never_twice(pushed
 
 
 def _api(ls, method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{ls.url}{path}", method=method, data=data,
-                                 headers={"Authorization": f"Token {ls.token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return r.status, json.loads(r.read() or b"null")
+    return ls.api(method, path, body)
 
 
 def _predictions(ls, task_id):
@@ -246,15 +224,9 @@ def _task_count(ls, project_id):
 
 
 def _submit(ls, project_id, task, text=None, cancelled=False):
-    """POST /api/tasks/{id}/annotations as the labelling page sends it on Submit (or Skip: was_cancelled)."""
-    pred = (task["predictions"] or [None])[0]  # the export's prediction id
-    result = [] if text is None else [{"id": "t0", "from_name": TEXT, "to_name": IMAGE, "type": "textarea",
-                                       "origin": "prediction-changed" if pred else "manual", "value": {"text": [text]}}]
-    body = {"result": result, "was_cancelled": cancelled, "ground_truth": False, "lead_time": 4.2,
-            "started_at": "2026-11-30T12:00:00.000Z", "draft_id": 0, "project": str(project_id),
-            "parent_prediction": pred, "parent_annotation": None}
-    status, answer = _api(ls, "POST", f"/api/tasks/{task['id']}/annotations/?project={project_id}", body)
-    assert status == 201 and answer["was_cancelled"] == cancelled, answer
+    """As the labelling page sends it on Submit (or Skip: was_cancelled): LocalLabelStudio.annotate."""
+    answer = ls.annotate(project_id, task, text, cancelled)
+    assert answer["was_cancelled"] == cancelled, answer
 
 
 @pytest.mark.slow

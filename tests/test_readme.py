@@ -29,7 +29,7 @@ def _commands() -> set[tuple[str, ...]]:
     for block in _blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
-            if m := re.match(r"htr (\w+)", line):
+            if m := re.match(r"htr ([\w-]+)", line):
                 found.add(("htr", m.group(1)))
             elif m := re.match(r"python3? ((?:export|bench)/\w+\.py)", line):
                 found.add(("python", m.group(1)))

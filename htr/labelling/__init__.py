@@ -3,6 +3,8 @@
     htr recognize DIR --review-below 0.5 --review-out review/     # keep the reads the model doubts
     htr label push review/                                        # a Label Studio project, reads pre-filled
     htr label pull --out corrected/                               # finished annotations, Kaggle layout
+    htr train --init CKPT --data corrected/labels.csv:corrected/labelled --out runs/finetune
+    htr publish --checkpoint runs/finetune/best.pt                # the next version, live (htr.serve.publish)
 
 Modules, in the order the data flows:
 

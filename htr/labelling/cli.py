@@ -3,6 +3,7 @@
     htr recognize scans/ --review-below 0.5 --review-out review/      # 1. keep what the model doubts
     htr label push review/ --project "htr review"                     # 2. tasks, the model's reads pre-filled
     htr label pull --out corrected/ --project "htr review"            # 3. Kaggle layout: labels.csv + labelled/
+    htr train --init CKPT --data corrected/labels.csv:corrected/labelled --out runs/finetune   # 4. (pull prints it)
 
 The Label Studio URL and API token come from --url/--token, else $LABEL_STUDIO_URL/$LABEL_STUDIO_API_KEY
 (Label Studio: Account & Settings; a legacy token or a personal access token). ``push`` makes the project
@@ -92,4 +93,17 @@ def run_pull(args) -> int:
     for line in r.report():
         _say(line)
     _say(f"wrote {len(r.labels)} label(s) of {r.tasks} task(s) to {r.out}/{LABELS_CSV} + {LABELLED}/")
+    _say(f"next: {finetune_command(r.out)}")
     return 0
+
+
+def finetune_command(out: Path) -> str:
+    """The fine-tune that trains on every pulled label. ``--data`` adds a folder to the training side whole;
+    ``--real`` would hash-split it like the Kaggle folder (about a third held out for scoring, a quarter of the
+    rest for validation), so half of the corrections would never be trained on. The Kaggle folder stays the
+    ``--real`` one (its default): its train side keeps the model from forgetting, its validation part chooses
+    the best epoch, and its eval split stays held out for ``htr eval``."""
+    from .pull import LABELLED, LABELS_CSV
+
+    return (f"htr train --init CHECKPOINT --data {out}/{LABELS_CSV}:{out}/{LABELLED} --out runs/finetune "
+            f"(not --real {out}: that would hold about half of the labels out of training)")

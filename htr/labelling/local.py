@@ -12,6 +12,7 @@ then known in advance, and works as ``Authorization: Token ...`` for the SDK and
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -69,8 +70,8 @@ class LocalLabelStudio:
                    COLLECT_ANALYTICS="false", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
                    VIRTUAL_ENV=str(self.venv), PATH=f"{self.venv / 'bin'}:{env.get('PATH', '')}")
         cmd = [str(self.executable), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
-               "--username", self.email, "--password", self.password, "--user-token", self.token,
-               "--enable-legacy-api-token", "--log-level", "WARNING"]
+               "--username", self.email, f"--password={self.password}", "--user-token", self.token,
+               "--enable-legacy-api-token", "--log-level", "WARNING"]  # --password=: a password may start with -
         t0 = time.monotonic()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -105,6 +106,31 @@ class LocalLabelStudio:
             return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-5:])
         except OSError:
             return "(no log)"
+
+    def api(self, method: str, path: str, body=None, timeout_s: float = 30.0) -> tuple[int, object]:
+        """One call to Label Studio's REST API as this user (its token): (HTTP status, the decoded JSON answer)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Token {self.token}", "Content-Type": "application/json"}
+        req = urllib.request.Request(f"{self.url}{path}", method=method, data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read() or b"null")
+
+    def annotate(self, project_id: int, task: dict, text: str | None = None, cancelled: bool = False) -> dict:
+        """What the labelling page sends on Submit (the text typed over the model's read) or Skip (``cancelled``):
+        ``POST /api/tasks/{id}/annotations``. ``task`` is an entry of the project's export; returns the annotation."""
+        from .studio import IMAGE, TEXT
+
+        pred = (task.get("predictions") or [None])[0]  # the export lists prediction ids
+        result = [] if text is None else [{"id": "t0", "from_name": TEXT, "to_name": IMAGE, "type": "textarea",
+                                           "origin": "prediction-changed" if pred else "manual",
+                                           "value": {"text": [text]}}]
+        body = {"result": result, "was_cancelled": cancelled, "ground_truth": False, "lead_time": 4.2,
+                "started_at": "2026-11-30T12:00:00.000Z", "draft_id": 0, "project": str(project_id),
+                "parent_prediction": pred, "parent_annotation": None}
+        status, answer = self.api("POST", f"/api/tasks/{task['id']}/annotations/?project={project_id}", body)
+        if status != 201:
+            raise RuntimeError(f"Label Studio refused the annotation of task {task['id']} ({status}): {answer}")
+        return answer
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
