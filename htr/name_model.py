@@ -3,6 +3,10 @@
 The model is trained on the names corpus (``names_corpus.txt``: one transcription per line, repeats kept, so
 frequencies are real) plus first names, last names and "first last" pairs from Faker's person providers.
 
+Empty fields: the corpus's ``EMPTY`` lines (a form field left blank) are kept as the empty name ``""``, so the
+beam search's score of an empty read carries its real frequency (about 0.5%) instead of a probability near zero
+that would push a blank field into some name.
+
 Leak fix: the corpus holds the labels of the labelled images (it was made from the full Kaggle label files),
 and those images are what decoders are tuned and scored on. So every corpus line whose normalised label
 (:func:`htr.config.normalize_label`) equals a label of ``exclude_labels_csv`` is removed, every occurrence,
@@ -41,7 +45,8 @@ class BuildReport:
     """What went into a name model (saved in its metadata as well)."""
 
     corpus_lines: int = 0
-    corpus_unusable: int = 0  # blank, EMPTY, UNREADABLE, characters outside the alphabet
+    corpus_unusable: int = 0  # blank, UNREADABLE, characters outside the alphabet
+    corpus_empty: int = 0  # EMPTY lines: an empty form field, kept as the empty name ""
     corpus_kept: int = 0
     corpus_removed: int = 0  # lines equal to an excluded label
     excluded_labels: int = 0  # distinct labels in the exclude CSV
@@ -57,7 +62,8 @@ class BuildReport:
 
     def lines(self) -> list[str]:
         return [
-            f"corpus: {self.corpus_lines} lines, {self.corpus_unusable} unusable, {self.corpus_kept} kept, "
+            f"corpus: {self.corpus_lines} lines, {self.corpus_unusable} unusable, {self.corpus_empty} EMPTY (the "
+            f"empty name), {self.corpus_kept} kept, "
             f"{self.corpus_removed} removed (equal to one of {self.excluded_found}/{self.excluded_labels} "
             f"excluded labels)",
             f"Faker: {self.faker_first} first names, {self.faker_last} last names, {self.faker_pairs} "
@@ -136,15 +142,19 @@ def build_name_model(corpus_path=None, exclude_labels_csv=None, faker_locales=("
     with open(corpus_path, encoding="utf-8") as f:
         for line in f:
             report.corpus_lines += 1
-            name = normalize_label(line.rstrip("\r\n"), alphabet)
-            if name is None:
+            raw = line.rstrip("\r\n")
+            name = normalize_label(raw, alphabet)
+            if name is None and raw.strip().upper() == "EMPTY":
+                report.corpus_empty += 1  # forms have empty fields: "" gets its real frequency, not ~0
+                names[""] += 1
+            elif name is None:
                 report.corpus_unusable += 1
             elif name in excluded:
                 report.corpus_removed += 1
                 found.add(name)
             else:
                 names[name] += 1
-    report.corpus_kept = sum(names.values())
+    report.corpus_kept = sum(n for name, n in names.items() if name)
     report.excluded_found = len(found)
 
     if faker_locales:
