@@ -192,7 +192,8 @@ class HTRClient(_ClientBase):
         shared_memory: pass tensors through system shared memory (client on the server's host).
         batch_size: images per request (default and maximum: the model's ``max_batch_size``).
         expected_alphabet, model_version: checked at connect time (ConfigMismatchError when they differ).
-        decoder, beam_width, lexicon: client-side CTC decoding (``preprocess="client"`` only).
+        decoder, beam_width, lexicon: client-side CTC decoding (``preprocess="client"`` only; greedy by default:
+            the served decoding's name model lives with the server's ``ctc_decode``, not on the client).
         preprocess_threads: OpenMP threads of the client-side preprocessing kernel.
         connect: connect (and check) now; otherwise call :meth:`connect` before recognising.
         headers: sent with every call: an authenticating proxy's token, or ``htr serve``'s admin key

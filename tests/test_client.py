@@ -40,8 +40,21 @@ def labelled(kaggle_dir):
 
 @pytest.fixture(scope="module")
 def offline(checkpoint, labelled):
-    """(text, confidence) of the offline pipeline (what ``htr eval`` predicts) for the first 150 images."""
+    """(text, confidence) of the offline pipeline (what ``htr eval`` predicts: the checkpoint's own decoding, which
+    the server's ctc_decode runs) for the first 150 images."""
     return OfflineRecognizer(checkpoint).predict_files(labelled)
+
+
+@pytest.fixture(scope="module")
+def offline_greedy(checkpoint, labelled):
+    """The same with greedy decoding: what ``preprocess="client"`` reads (it decodes best-path locally; the name
+    model lives with the server's ctc_decode)."""
+    return OfflineRecognizer(checkpoint, decoder="greedy").predict_files(labelled)
+
+
+@pytest.fixture(scope="module")
+def expected(offline, offline_greedy):
+    return {"server": offline, "client": offline_greedy}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +112,8 @@ def request_count(triton, model) -> int:
 
 @pytest.mark.parametrize("preprocess", ["server", "client"])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_every_input_kind_gives_the_offline_text(triton, kinds, offline, protocol, preprocess):
+def test_every_input_kind_gives_the_offline_text(triton, kinds, expected, protocol, preprocess):
+    offline = expected[preprocess]
     with HTRClient(url_of(triton, protocol), protocol, preprocess=preprocess) as client:
         assert client.is_ready()
         assert client.max_batch_size == 64
@@ -125,7 +139,8 @@ def test_client_reads_the_config_from_the_server(triton, checkpoint):
 
 @pytest.mark.parametrize("preprocess", ["server", "client"])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_shared_memory_gives_the_same_result_and_is_released(triton, kinds, offline, protocol, preprocess):
+def test_shared_memory_gives_the_same_result_and_is_released(triton, kinds, expected, protocol, preprocess):
+    offline = expected[preprocess]
     before = server_regions(triton)
     client = HTRClient(url_of(triton, protocol), protocol, preprocess=preprocess, shared_memory=True)
     with client:
@@ -229,7 +244,8 @@ def test_timeout_is_typed_and_retried(triton, kinds):
 
 
 @pytest.mark.parametrize("preprocess", ["server", "client"])
-def test_corrupt_file_in_a_folder_fails_alone(triton, corrupt_folder, labelled, offline, preprocess):
+def test_corrupt_file_in_a_folder_fails_alone(triton, corrupt_folder, labelled, expected, preprocess):
+    offline = expected[preprocess]
     files = image_files([corrupt_folder])
     names = [name for _, name in files]
     assert "notes.txt" not in names and len(files) == 8
@@ -245,7 +261,8 @@ def test_corrupt_file_in_a_folder_fails_alone(triton, corrupt_folder, labelled, 
     assert {n: p.text for n, p in by_name.items()} == want and all(p.ok for p in by_name.values())
 
 
-def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt_folder, labelled, offline, capsys):
+def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt_folder, labelled, offline,
+                                                                  offline_greedy, capsys):
     rc = htr_main(["recognize", "--url", triton.url_grpc, "--csv", "--no-progress", str(corrupt_folder)])
     out, err = capsys.readouterr()
     assert rc == 1  # two images could not be read: every other one still is, and the exit status says so
@@ -268,7 +285,7 @@ def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt
     assert rc == 1
     got = json.loads(out_file.read_text())
     assert [g["file"] for g in got] == ["broken.jpg", labelled[0].name]
-    assert got[0]["error"] and got[1]["text"] == offline[0][0] and got[1]["error"] is None
+    assert got[0]["error"] and got[1]["text"] == offline_greedy[0][0] and got[1]["error"] is None
     capsys.readouterr()
 
     rc = htr_main(["recognize", "--url", triton.url_grpc, str(labelled[1]), str(corrupt_folder / "broken.jpg")])
@@ -290,7 +307,8 @@ def test_cli_server_down_exits_non_zero_with_a_clear_message(corrupt_folder, cap
 
 
 @pytest.mark.parametrize("preprocess", ["server", "client"])
-def test_requests_are_split_at_max_batch_size(triton, labelled, offline, preprocess):
+def test_requests_are_split_at_max_batch_size(triton, labelled, expected, preprocess):
+    offline = expected[preprocess]
     model = "htr" if preprocess == "server" else "crnn"
     with HTRClient(triton.url_grpc, preprocess=preprocess) as client:
         assert client.max_batch_size == 64
@@ -305,7 +323,7 @@ def test_requests_are_split_at_max_batch_size(triton, labelled, offline, preproc
         grpcclient.InferenceServerClient(triton.url_grpc).infer("htr", [inp])
 
 
-def test_async_client_and_recognize_many_give_the_same_results(triton, labelled, offline):
+def test_async_client_and_recognize_many_give_the_same_results(triton, labelled, offline, offline_greedy):
     items = labelled[:100]
 
     async def run():
@@ -319,8 +337,9 @@ def test_async_client_and_recognize_many_give_the_same_results(triton, labelled,
             assert 2 <= len(client.slots.regions()) <= 2 * 3  # a slot (pixels + logprobs) per request in flight
         return one, many, shm
 
-    for preds in asyncio.run(run()):
-        assert_matches_offline(preds, offline)
+    one, many, shm = asyncio.run(run())
+    for preds, want in ((one, offline), (many, offline), (shm, offline_greedy)):
+        assert_matches_offline(preds, want)
     for protocol in ("grpc", "http"):
         done = []
         with HTRClient(url_of(triton, protocol), protocol, shared_memory=protocol == "http") as client:
