@@ -5,7 +5,8 @@
 
 - ``torchscript``: served text and confidence = PyTorch eager offline (``htr eval``), as before ONNX Runtime;
 - ``onnxruntime`` INT8: served text and confidence = the same INT8 file run offline in ONNX Runtime
-  (its accuracy against FP32 is the build's gate, ``htr.export.quantize``; this checks serving adds nothing).
+  (its accuracy against FP32 is the build's gate, ``htr.export.quantize``, opened wide here: the shipped model
+  may fail it, and this checks that serving INT8 adds nothing, not whether INT8 is accurate enough).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from htr.ctc_decoder import CTCDecoder
 from htr.data import read_kaggle
 from htr.export.build import build_repository
 from htr.export.quantize import pixels_of, session
@@ -41,9 +41,14 @@ def served(request, tmp_path_factory, checkpoint, kaggle_dir):
     engine, precision, formats = ENGINES[request.param]
     root = tmp_path_factory.mktemp(request.param)
     repo = root / "repository"
-    report = build_repository(checkpoint, repo, options=RepositoryOptions(cpu_engine=engine), formats=formats,
-                              engines_dir=root / "engines", data=kaggle_dir, parity_images=16, precision=precision,
-                              progress=None)
+    import htr.export.quantize as quantize
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantize, "MAX_EXACT_DROP", 1.0)  # any INT8 passes: its serving is under test, not its accuracy
+        mp.setattr(quantize, "MAX_CER_RISE", 1.0)
+        report = build_repository(checkpoint, repo, options=RepositoryOptions(cpu_engine=engine), formats=formats,
+                                  engines_dir=root / "engines", data=kaggle_dir, parity_images=16,
+                                  precision=precision, progress=None)
     assert report.options.cpu_engine == engine and report.options.precision == precision
     server = TritonServer(repo, ServerOptions.with_free_ports(log_file=root / "server.log"))
     server.start(ready_timeout=180)
@@ -59,7 +64,7 @@ def _offline(engine: str, repo, checkpoint, labelled) -> list[tuple[str, float]]
     rec = OfflineRecognizer(checkpoint)
     cfg, sess = rec.cfg, session(repo / CRNN / "1" / "model.onnx", threads=1)
     pixels = pixels_of([s.path for s in labelled], cfg)  # (N, 1, H, W), as the build's accuracy gate reads them
-    decoder = CTCDecoder(cfg)
+    decoder = rec.codec  # the checkpoint's own decoding, which the served ctc_decode runs
     out = []
     for i in range(0, len(pixels), 64):
         out += decoder(sess.run([LOGPROBS], {PIXELS: pixels[i : i + 64]})[0])
