@@ -459,8 +459,10 @@ def test_builder_removes_the_excluded_labels(tmp_path, capsys):
         csv.writer(f).writerows([["FILENAME", "IDENTITY"], ["a.jpg", "Zorglub"], ["b.jpg", "UNREADABLE"]])
     model = build_name_model(corpus, labels, faker_locales=(), n_faker=0, order=4, min_context_count=1)
     report = BuildReport(**model.metadata["counts"])
-    assert (report.corpus_lines, report.corpus_unusable, report.corpus_removed, report.corpus_kept) == (99, 3, 45, 51)
-    assert (report.excluded_labels, report.excluded_found, report.distinct_names) == (1, 1, 3)  # ANNA LEA JOSE
+    assert (report.corpus_lines, report.corpus_unusable, report.corpus_removed, report.corpus_kept) == (99, 2, 45, 51)
+    assert report.corpus_empty == 1  # the EMPTY line: the empty name "", with its frequency
+    assert (report.excluded_labels, report.excluded_found, report.distinct_names) == (1, 1, 4)  # ANNA LEA JOSE ""
+    assert model.score("") > model.score("ZORGLUB") + 10.0
     leaky = NameModel.train(["ZORGLUB"] * 45 + ["ANNA"] * 30 + ["LEA"] * 20 + ["JOSE"], NAMES_ALPHABET, 4)
     assert model.score("ZORGLUB") < leaky.score("ZORGLUB") - 10.0
     assert model.score("ANNA") > model.score("ZORGLUB") + 10.0
