@@ -26,22 +26,23 @@ import torch
 from _common import machine, stamp, write_json
 
 from htr.data import Collate, SynthDataset, build_augment, read_kaggle, split_samples
+from htr.export.quantize import pixels_of
 from htr.model import load_model
 from htr.offline import OfflineRecognizer
 from htr.paths import ROOT, default_data_dir
+from htr.preprocess import ctc_greedy_decode
 from htr.scores import score
 from htr.threads import available_cores
 from htr.train import autocast_dtype, ctc_loss
 
 
-def eval_exact(model, cfg, samples) -> dict:
-    rec = OfflineRecognizer.__new__(OfflineRecognizer)  # the same pipeline, around the model in memory
-    from htr.ctc_decoder import CTCDecoder
-
-    rec.model, rec.cfg, rec.device, rec.batch_size, rec.codec = model.eval(), cfg, "cpu", 64, CTCDecoder(cfg)
-    preds = rec.predict_files([s.path for s in samples])
+def eval_exact(model, cfg, pixels, labels) -> dict:
+    """Greedy reads of the eval split's ``pixels`` (preprocessed once) by ``model`` in memory, scored."""
+    model.eval()
+    with torch.inference_mode():
+        logprobs = torch.cat([model(torch.from_numpy(pixels[i : i + 64])) for i in range(0, len(pixels), 64)])
     model.train()
-    return score([t for t, _ in preds], [s.text for s in samples])
+    return score([t for t, _ in ctc_greedy_decode(logprobs.float().numpy(), cfg.alphabet, cfg.blank)], labels)
 
 
 def fine_tune(checkpoint: Path, reviewed, rehearsal, steps: int, batch: int, lr: float, seed: int):
@@ -94,9 +95,9 @@ def main(argv=None) -> int:
     samples, _ = read_kaggle(args.data / "labels.csv")
     pool, held = split_samples(samples)
     base = OfflineRecognizer(args.checkpoint, decoder="greedy")
-    confs = [c for _, c in base.predict_files([s.path for s in pool])]
-    least = [pool[i] for i in np.argsort(confs, kind="stable")[: args.count]]
-    rand = [pool[i] for i in np.random.default_rng(args.seed).choice(len(pool), args.count, replace=False)]
+    reads = base.predict_files([s.path for s in pool])
+    least = np.argsort([c for _, c in reads], kind="stable")[: args.count]
+    rand = np.random.default_rng(args.seed).choice(len(pool), args.count, replace=False)
     from htr.synth import SynthGenerator, load_names
 
     names = load_names(args.data / "names_corpus.txt")
@@ -107,16 +108,18 @@ def main(argv=None) -> int:
     if args.rehearsal:
         csv_path, _, images = args.rehearsal.partition(":")
         rehearsal, _ = read_kaggle(csv_path, images or None, base.cfg.alphabet)
-    before = eval_exact(base.model, base.cfg, held)
+    held_pixels, held_labels = pixels_of([s.path for s in held], base.cfg), [s.text for s in held]
+    before = eval_exact(base.model, base.cfg, held_pixels, held_labels)
     rows = {"before": {"exact_match": before["exact_match"], "cer": before["cer"]}}
     print(f"{machine()}; {args.checkpoint}; pool: {len(pool)} train-side images; eval split {len(held)}; "
           f"{args.steps} steps of {args.batch_size} (half reviewed, half {args.rehearsal or 'synthetic'}), lr {args.lr}")
     for name, chosen in (("least confident", least), ("random", rand)):
         t0 = time.perf_counter()
-        model, cfg = fine_tune(args.checkpoint, chosen, rehearsal, args.steps, args.batch_size, args.lr, args.seed)
-        after = eval_exact(model, cfg, held)
-        mean_conf = float(np.mean([confs[pool.index(s)] for s in chosen]))
-        base_right = sum(t == s.text for s, (t, _) in zip(chosen, base.predict_files([s.path for s in chosen])))
+        model, cfg = fine_tune(args.checkpoint, [pool[i] for i in chosen], rehearsal, args.steps, args.batch_size,
+                               args.lr, args.seed)
+        after = eval_exact(model, cfg, held_pixels, held_labels)
+        mean_conf = float(np.mean([reads[i][1] for i in chosen]))
+        base_right = sum(reads[i][0] == pool[i].text for i in chosen)
         rows[name] = {"exact_match": after["exact_match"], "cer": after["cer"], "seconds": time.perf_counter() - t0,
                       "mean_confidence": mean_conf, "already_right_before": base_right}
     print("\n| round | images the model already read right | mean confidence | eval exact | eval CER |\n|---|---|---|---|---|")

@@ -20,6 +20,7 @@ from htr.preprocess import Lexicon, NameModel, ctc_beam_decode, ctc_greedy_decod
 from htr.preprocess import _ctc
 from htr.preprocess._ctc_checks import check_beam_args
 from htr.preprocess.reference import ctc as ref
+from test_ctc import text_prob  # the CTC forward algorithm (tests/ is on sys.path under pytest's default import mode)
 
 HYPO = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAMES_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ -'"
@@ -327,24 +328,6 @@ def test_exhaustive_search_finds_the_best_weighted_text(impl, t, c, seed, data):
         assert conf == pytest.approx(want_prob, rel=1e-9)  # the confidence is the acoustic probability
 
 
-def text_prob(lp: np.ndarray, labels, blank: int = 0) -> float:
-    """P(labels | one (T, C) item) over all alignments: the CTC forward algorithm, in probabilities."""
-    ext = [blank]
-    for k in labels:
-        ext += [k, blank]
-    p = np.exp(lp.astype(np.float64))
-    alpha = np.zeros(len(ext))
-    alpha[:2] = p[0, ext[:2]]
-    for t in range(1, len(p)):
-        prev = alpha.copy()
-        for s in range(len(ext)):
-            a = prev[s] + (prev[s - 1] if s >= 1 else 0.0)
-            if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
-                a += prev[s - 2]
-            alpha[s] = a * p[t, ext[s]]
-    return float(alpha[-1] + alpha[-2])
-
-
 def test_name_model_corrects_a_misread(names_lm):
     cls = {ch: i + 1 for i, ch in enumerate(NAMES_ALPHABET)}
     # best path reads "JOHM"; N is the runner-up on the last character's frames
@@ -358,7 +341,7 @@ def test_name_model_corrects_a_misread(names_lm):
     (text, conf), = ctc_beam_decode(lp, NAMES_ALPHABET, 5, name_model=names_lm, lm_weight=0.5)
     assert text == "JOHN"
     # the confidence is still JOHN's acoustic probability, over the alignments the beam kept (nearly all)
-    exact = text_prob(lp[0], [cls[ch] for ch in "JOHN"])
+    exact = text_prob(lp[0], [cls[ch] for ch in "JOHN"], blank=0)
     assert 0.99 * exact <= conf <= exact * (1 + 1e-9) and conf < plain[0][1]
     # a soft lexicon alone can do the same, with a bonus larger than the acoustic gap (its search is the
     # plain one: same beams, so the same JOHN)
