@@ -55,28 +55,101 @@ class CRNN(nn.Module):
         return x.log_softmax(-1)
 
 
-def adapt_state_dict(state: dict, old: HTRConfig, new: HTRConfig) -> dict:
-    """Carry weights trained at one input height over to another (for ``htr train --init``).
+def adapt_state_dict(state: dict, old: HTRConfig, new: HTRConfig, fresh: dict | None = None) -> dict:
+    """Carry weights trained at one input size and width of network over to another (``htr train --init``).
 
-    Only the projection after the CNN depends on the height: its inputs are ``channels x H/16`` feature
-    rows, ordered channel-major. Each new row takes the old rows it overlaps, weighted by the overlap
-    (area resampling of the weights), so a feature column that is uniform along the height projects to
-    exactly what it did before. Width needs nothing (the network is width-agnostic); any other change is
-    refused.
+    Input height: only the projection after the CNN depends on it: its inputs are ``channels x H/16`` feature
+    rows, ordered channel-major. Each new row takes the old rows it overlaps, weighted by the overlap (area
+    resampling of the weights), so a feature column that is uniform along the height projects to exactly what it
+    did before. Width needs nothing (the network is width-agnostic).
+
+    Wider CNN stages or a larger LSTM (``fresh``: the new network's initial ``state_dict``): see
+    :func:`grow_state_dict`; the grown network computes what the old one did. Anything else (fewer channels,
+    other layer counts, alphabet, blank) is refused.
     """
-    if old.model != new.model or old.alphabet != new.alphabet or old.blank != new.blank:
-        raise ValueError("only the input size can differ from the --init checkpoint (model, alphabet, blank fixed)")
+    if old.alphabet != new.alphabet or old.blank != new.blank or old.model.lstm_layers != new.model.lstm_layers:
+        raise ValueError("only the input size and the widths can differ from the --init checkpoint "
+                         "(alphabet, blank and layer counts fixed)")
     h_old, h_new = old.input.height // 16, new.input.height // 16
-    if h_old == h_new:
-        return state
-    # overlap[j, r]: length of old row r inside new row j, in old-row units (each column sums to 1)
-    edges = torch.arange(h_new + 1, dtype=torch.float64) * h_old / h_new
-    r = torch.arange(h_old, dtype=torch.float64)
-    overlap = (torch.minimum(edges[1:, None], r + 1) - torch.maximum(edges[:-1, None], r)).clamp(min=0)
-    w = state["proj.0.weight"]  # (out, C*h_old), index c*h_old + row
-    out, feat = w.shape
-    w_new = w.reshape(out, feat // h_old, h_old).double() @ overlap.T  # (out, C, h_new)
-    return {**state, "proj.0.weight": w_new.to(w.dtype).reshape(out, -1).contiguous()}
+    if h_old != h_new:
+        # overlap[j, r]: length of old row r inside new row j, in old-row units (each column sums to 1)
+        edges = torch.arange(h_new + 1, dtype=torch.float64) * h_old / h_new
+        r = torch.arange(h_old, dtype=torch.float64)
+        overlap = (torch.minimum(edges[1:, None], r + 1) - torch.maximum(edges[:-1, None], r)).clamp(min=0)
+        w = state["proj.0.weight"]  # (out, C*h_old), index c*h_old + row
+        out, feat = w.shape
+        w_new = w.reshape(out, feat // h_old, h_old).double() @ overlap.T  # (out, C, h_new)
+        state = {**state, "proj.0.weight": w_new.to(w.dtype).reshape(out, -1).contiguous()}
+    if (old.model.cnn_channels, old.model.lstm_hidden) != (new.model.cnn_channels, new.model.lstm_hidden):
+        if fresh is None:
+            raise ValueError("a wider network needs the new network's initial weights (fresh=) for its new units")
+        state = grow_state_dict(state, old.model, new.model, h_new, fresh)
+    return state
+
+
+def grow_state_dict(state: dict, old, new, rows: int, fresh: dict) -> dict:
+    """Widen a trained CRNN (more CNN channels per stage, a larger LSTM) without changing what it computes.
+
+    Function-preserving widening (Net2Net-style, with zeros instead of copies): every old unit keeps its
+    weights; every new unit (channel, LSTM cell) takes its incoming weights from ``fresh`` (the new network's
+    random initialisation) and **zero** weights towards every old unit, so at the start the old units compute
+    exactly what they did and the output is unchanged; training then puts the new units to use (their outgoing
+    weights get gradients because their activations are not zero). ``rows`` is the CNN's output height (H/16).
+    """
+    oc, nc = tuple(old.cnn_channels), tuple(new.cnn_channels)
+    oh, nh = old.lstm_hidden, new.lstm_hidden
+    if len(oc) != len(nc) or any(n < o for o, n in zip(oc, nc)) or nh < oh:
+        raise ValueError(f"a network can only grow: CNN {oc} -> {nc}, LSTM {oh} -> {nh}")
+    ar = torch.arange
+
+    def gates(h_old, h_new):  # LSTM gate rows i, f, g, o: four blocks of h
+        return torch.cat([ar(h_old) + k * h_new for k in range(4)])
+
+    both = torch.cat([ar(oh), ar(oh) + nh])  # a bidirectional output: forward half, backward half
+    feat = (ar(oc[-1])[:, None] * rows + ar(rows)).reshape(-1)  # channel-major CNN features (c * rows + row)
+    convs = [k for k in state if k.startswith("cnn.") and k.endswith(".weight") and state[k].dim() == 4]
+
+    def place(grown, rows_idx, cols_idx, value):  # old inputs -> old units; new inputs -> nobody (zeros)
+        keep = torch.zeros(grown.shape[1], dtype=torch.bool)
+        keep[cols_idx] = True
+        grown[:, ~keep] = 0
+        block = grown[rows_idx]
+        block[:, cols_idx] = value
+        grown[rows_idx] = block
+        return grown
+
+    out: dict = {}
+    for key, value in state.items():
+        target = fresh[key]
+        if value.shape == target.shape:  # every dimension is set by the widths that give it meaning
+            out[key] = value
+            continue
+        grown = target.clone()
+        if key in convs:  # (out, in, 3, 3)
+            i = convs.index(key)
+            out[key] = place(grown, ar(oc[i]), ar(1 if i == 0 else oc[i - 1]), value)
+        elif key.startswith("cnn."):  # BatchNorm weight / bias / running statistics of a wider stage
+            grown[: value.shape[0]] = value
+            out[key] = grown
+        elif key == "proj.0.weight":  # (2*hidden, C*rows); the LSTM reads its outputs as one vector
+            out[key] = place(grown, ar(2 * oh), feat, value)
+        elif key == "proj.0.bias":
+            grown[: 2 * oh] = value
+            out[key] = grown
+        elif key.startswith("rnn.bias"):
+            grown[gates(oh, nh)] = value
+            out[key] = grown
+        elif key.startswith("rnn.weight_hh"):
+            out[key] = place(grown, gates(oh, nh), ar(oh), value)
+        elif key.startswith("rnn.weight_ih_l0"):
+            out[key] = place(grown, gates(oh, nh), ar(2 * oh), value)
+        elif key.startswith("rnn.weight_ih"):  # a deeper layer reads both directions of the one below
+            out[key] = place(grown, gates(oh, nh), both, value)
+        elif key == "head.weight":  # (classes, 2*hidden)
+            out[key] = place(grown, ar(grown.shape[0]), both, value)
+        else:
+            raise ValueError(f"cannot grow {key}: {tuple(value.shape)} -> {tuple(target.shape)}")
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -73,11 +73,21 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     g.add_argument("--lexicon", type=Path, default=None, help="lexicon for pseudo-labelling (default: --names)")
     g.add_argument("--pseudo-decoder", choices=["lexicon", "names"], default="lexicon",
                    help="how the teacher reads unlabelled images: lexicon = beam search constrained to --lexicon "
-                        "(every pseudo-label a known name); names = beam search with --name-model (open "
-                        "vocabulary) and --lexicon as a soft bonus (bench/pseudo_label_bench.py compares them)")
+                        "(every pseudo-label a known name); names = beam search with a name model (open "
+                        "vocabulary; an explicit --lexicon adds a soft bonus). bench/pseudo_label_bench.py "
+                        "compares them")
     g.add_argument("--name-model", type=Path, default=None,
-                   help="name model (.npz, python -m htr.name_model) for --pseudo-decoder names")
-    g.add_argument("--pseudo-lm-weight", type=float, default=0.5, help="name-model weight when pseudo-labelling")
+                   help="name model (.npz, python -m htr.name_model) for --pseudo-decoder names (default: the one "
+                        "the --init checkpoint is served with, from htr tune-decoder)")
+    g.add_argument("--pseudo-lm-weight", type=float, default=None,
+                   help="name-model weight when pseudo-labelling (default: the --init checkpoint's tuned weight, "
+                        "else 0.5)")
+    g.add_argument("--pseudo-insertion-bonus", type=float, default=None,
+                   help="per-character bonus when pseudo-labelling with the name model (default: the --init "
+                        "checkpoint's tuned bonus, else 0)")
+    g.add_argument("--pseudo-keep", type=float, default=1.0,
+                   help="keep only this share of the reads above --pseudo-threshold, most confident first "
+                        "(bench/pseudo_label_bench.py: precision at each share kept)")
     g.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0: off)")
     g.add_argument("--eval-fraction", type=float, default=1 / 3,
                    help="share of real images held out for scoring (hash split; never trained on or selected with)")
@@ -91,8 +101,12 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
                         "and a new height resamples its projection weights)")
     g.add_argument("--width", type=int, default=None,
                    help=f"input width (default {InputConfig.width}; with --init the checkpoint's, or a new one)")
-    g.add_argument("--channels", default=",".join(map(str, ModelConfig.cnn_channels)), help="6 CNN widths")
-    g.add_argument("--hidden", type=int, default=ModelConfig.lstm_hidden, help="LSTM hidden size per direction")
+    g.add_argument("--channels", default=None,
+                   help=f"6 CNN widths (default {','.join(map(str, ModelConfig.cnn_channels))}; with --init the "
+                        "checkpoint's, and wider ones grow it without changing what it computes)")
+    g.add_argument("--hidden", type=int, default=None,
+                   help=f"LSTM hidden size per direction (default {ModelConfig.lstm_hidden}; with --init the "
+                        "checkpoint's, or a larger one)")
     g.add_argument("--dropout", type=float, default=ModelConfig.dropout)
     g.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights and config")
     g = p.add_argument_group("optimisation")
@@ -215,11 +229,43 @@ def validate(model, loader, cfg: HTRConfig, device, ctx: distributed.Context = d
     return result
 
 
+def _channels(args) -> tuple[int, ...] | None:
+    if args.channels is None:
+        return None
+    try:
+        return tuple(int(c) for c in args.channels.split(","))
+    except ValueError:
+        raise SystemExit(f"error: --channels {args.channels!r}: give 6 comma-separated widths, e.g. "
+                         f"{','.join(map(str, ModelConfig.cnn_channels))}") from None
+
+
+def _names_teacher(args, init_ckpt: dict | None) -> dict:
+    """``CTCDecoder`` keywords for ``--pseudo-decoder names``: the flags, else the name model and weights the
+    ``--init`` checkpoint is served with (``htr tune-decoder``), else weight 0.5 and no bonus."""
+    from .ctc_decoder import checkpoint_decoding
+    from .preprocess import NameModel
+
+    spec, model = checkpoint_decoding(init_ckpt) if init_ckpt is not None else (None, None)
+    if args.name_model is not None:
+        if not args.name_model.is_file():
+            raise SystemExit(f"error: --name-model {args.name_model}: no such file; build one with "
+                             "python -m htr.name_model")
+        model = NameModel.load(args.name_model)
+    if model is None:
+        raise SystemExit("error: --pseudo-decoder names needs a name model: --name-model FILE (python -m "
+                         "htr.name_model), or an --init checkpoint tuned with one (htr tune-decoder)")
+    tuned = spec is not None and spec.lm_weight > 0
+    pick = lambda flag, attr, default: flag if flag is not None else (getattr(spec, attr) if tuned else default)
+    return {"name_model": model, "lm_weight": pick(args.pseudo_lm_weight, "lm_weight", 0.5),
+            "insertion_bonus": pick(args.pseudo_insertion_bonus, "insertion_bonus", 0.0), "lexicon_mode": "soft"}
+
+
 def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, device, batch_size=64,
                  progress=True, stop=lambda: False, ctx: distributed.Context = distributed.Context(),
-                 decoder_options: dict | None = None) -> list[Sample]:
+                 decoder_options: dict | None = None, keep: float = 1.0) -> list[Sample]:
     """Read unlabelled images with a lexicon beam search (``decoder_options``: other ``CTCDecoder`` keywords,
-    e.g. a name model and a soft lexicon); keep those at least ``threshold`` confident.
+    e.g. a name model and a soft lexicon); keep those at least ``threshold`` confident, and of those the
+    ``keep`` share that is most confident (per rank under torchrun).
 
     ``stop()`` is checked between batches: a run told to stop returns what it has labelled so far.
     Under torchrun each rank reads its shard (``ctx.shard``) of the sorted files; the caller gathers.
@@ -246,9 +292,15 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
             logprobs = model(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
             for path, (text, conf) in zip(chunk, codec(logprobs)):
                 if text and conf >= threshold:
-                    kept.append(Sample(path, text, "pseudo"))
+                    kept.append((conf, Sample(path, text, "pseudo")))
     model.train()
-    return kept
+    if keep < 1.0:
+        kept = sorted(kept, key=lambda cs: -cs[0])[: int(round(keep * len(kept)))]
+    return sorted((s for _, s in kept), key=lambda s: s.path)
+
+
+#: keys of ``last.pt`` that only a resumed run needs (``htr tune-decoder`` leaves them out of what it writes)
+TRAINING_STATE = ("optimizer", "rng", "rng_ranks", "pseudo")
 
 
 def _rng_state() -> dict:
@@ -281,6 +333,8 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     amp_dtype = autocast_dtype(device, args.amp)
     use_scaler = amp_dtype == torch.float16  # BF16 has FP32's range: no loss scaling
     rank_batch = ctx.rank_batch(args.batch_size)
+    if not 0 < args.pseudo_keep <= 1:
+        raise SystemExit(f"error: --pseudo-keep {args.pseudo_keep}: give a share in (0, 1]")
     args.out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
 
@@ -299,15 +353,26 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         init_ckpt = load_checkpoint(args.init)
         init_cfg = HTRConfig.from_dict(init_ckpt["config"])
         cfg = replace(init_cfg, input=replace(init_cfg.input, height=args.height or init_cfg.input.height,
-                                              width=args.width or init_cfg.input.width))
+                                              width=args.width or init_cfg.input.width),
+                      model=replace(init_cfg.model, cnn_channels=_channels(args) or init_cfg.model.cnn_channels,
+                                    lstm_hidden=args.hidden or init_cfg.model.lstm_hidden))
         if cfg.input != init_cfg.input:
             say(f"--init: input {init_cfg.input.height}x{init_cfg.input.width} -> "
                 f"{cfg.input.height}x{cfg.input.width}")
+        if cfg.model != init_cfg.model:
+            grows = [f"{what} {a} -> {b}" for what, a, b in (
+                ("CNN", init_cfg.model.cnn_channels, cfg.model.cnn_channels),
+                ("LSTM", init_cfg.model.lstm_hidden, cfg.model.lstm_hidden)) if a != b]
+            say(f"--init: grows {', '.join(grows)} (the new units start with no effect on the output)")
+            try:  # refuse a shrink before any data is read
+                adapt_state_dict(init_ckpt["state_dict"], init_cfg, cfg, CRNN(cfg).state_dict())
+            except ValueError as e:
+                raise SystemExit(f"error: --init {args.init}: {e}") from None
     else:
-        channels = tuple(int(c) for c in args.channels.split(","))
         cfg = HTRConfig(input=InputConfig(height=args.height or InputConfig.height,
                                           width=args.width or InputConfig.width),
-                        model=ModelConfig(cnn_channels=channels, lstm_hidden=args.hidden, dropout=args.dropout))
+                        model=ModelConfig(cnn_channels=_channels(args) or ModelConfig.cnn_channels,
+                                          lstm_hidden=args.hidden or ModelConfig.lstm_hidden, dropout=args.dropout))
 
     # data
     real_dirs = args.real if args.real is not None else [default_data_dir()]
@@ -345,13 +410,13 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None
     pseudo_options = None
     if args.pseudo and args.pseudo_decoder == "names":
-        if args.name_model is None or not args.name_model.is_file():
-            raise SystemExit(f"error: --pseudo-decoder names needs --name-model FILE (got {args.name_model}); "
-                             "build one with python -m htr.name_model")
-        from .preprocess import NameModel
-
-        pseudo_options = {"name_model": NameModel.load(args.name_model), "lm_weight": args.pseudo_lm_weight,
-                          "insertion_bonus": 1.0, "lexicon_mode": "soft"}
+        # the checkpoint whose decoding a run carries: its own last.pt when resumed, else --init's
+        pseudo_options = _names_teacher(args, resume_ckpt if resume_ckpt is not None else
+                                        (init_ckpt if args.init else None))
+        if args.lexicon is None:  # the name model alone (bench/pseudo_label_bench.py: the soft lexicon hurt)
+            lexicon_words = None
+        say("pseudo-labels: beam 10 + name model (weight {lm_weight}, insertion bonus {insertion_bonus})".format(
+            **pseudo_options) + (", soft lexicon" if lexicon_words else ""))
 
     collate = Collate(cfg, build_augment(args.augment) if args.augment > 0 else None)
     val_loader = DataLoader(ImageDataset(ctx.shard(val_samples)), batch_size=64, shuffle=False, collate_fn=Collate(cfg))
@@ -359,7 +424,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     # model + optimisation
     model = CRNN(cfg).to(device)
     if args.init and not args.resume:
-        model.load_state_dict(adapt_state_dict(init_ckpt["state_dict"], init_cfg, cfg))
+        model.load_state_dict(adapt_state_dict(init_ckpt["state_dict"], init_cfg, cfg, model.state_dict()))
     if args.channels_last:
         model.cnn.to(memory_format=torch.channels_last)
 
@@ -429,13 +494,15 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
                 labeller, label_cfg = (init_model(), init_cfg) if first else (model, cfg)
                 labelled = pseudo_label(labeller, label_cfg, args.pseudo, lexicon_words, args.pseudo_threshold,
                                         device, progress=not args.no_progress and ctx.is_main,
-                                        stop=lambda: stop["now"], ctx=ctx, decoder_options=pseudo_options)
+                                        stop=lambda: stop["now"], ctx=ctx, decoder_options=pseudo_options,
+                                        keep=args.pseudo_keep)
                 labelled = ctx.gather_sorted(labelled, key=lambda s: s.path)  # every rank: the same training set
                 if stopping():  # the previous epoch's last.pt stays the resume point; --resume relabels
                     say("stopped while pseudo-labelling: this epoch is not trained", file=sys.stderr)
                     break
                 pseudo = [replace(s, weight=args.pseudo_weight) for s in labelled]
-                say(f"pseudo-labelled {len(pseudo)} images at confidence >= {args.pseudo_threshold}")
+                say(f"pseudo-labelled {len(pseudo)} images at confidence >= {args.pseudo_threshold}"
+                    + (f", the most confident {args.pseudo_keep:.0%} of those" if args.pseudo_keep < 1 else ""))
             metrics.pseudo.set(len(pseudo))
             parts = [ImageDataset(train_samples + pseudo)]
             if synth is not None:

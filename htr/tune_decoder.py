@@ -26,7 +26,6 @@ import numpy as np
 
 from .paths import ROOT, default_data_dir
 
-TRAINING_STATE = ("optimizer", "rng", "rng_ranks", "pseudo")
 DEFAULT_WEIGHTS = "0,0.2,0.3,0.4,0.5,0.6,0.8,1.0"
 DEFAULT_BONUSES = "0,0.5,1,1.5,2,3"
 
@@ -136,6 +135,8 @@ def run(args) -> int:
         if spec.decoder == "beam":
             entry["name_model_npz"] = name_model_bytes(name_model)
         # the weights and their history; training state (optimizer, RNG, pseudo-label list) stays in the run folder
+        from .train import TRAINING_STATE
+
         extra = {k: v for k, v in ckpt.items() if k not in ("format", "config", "state_dict", *TRAINING_STATE)}
         extra["decoding"] = entry
         save_checkpoint(args.out, rec.model, rec.cfg, **extra)

@@ -155,5 +155,41 @@ def test_adapt_state_dict_keeps_the_projection_of_height_uniform_features():
         f_new = column[:, None].expand(8, height // 16).reshape(-1)
         torch.testing.assert_close(adapted["proj.0.weight"] @ f_new, state["proj.0.weight"] @ f_old)
         assert all(torch.equal(adapted[k], v) for k, v in state.items() if k != "proj.0.weight")
-    with pytest.raises(ValueError, match="only the input size"):
-        adapt_state_dict(state, old, HTRConfig(model=ModelConfig(cnn_channels=(8,) * 6, lstm_hidden=16)))
+    with pytest.raises(ValueError, match="needs the new network's initial weights"):
+        adapt_state_dict(state, old, HTRConfig(input=InputConfig(height=32), model=ModelConfig(cnn_channels=(8,) * 6,
+                                                                                              lstm_hidden=16)))
+    with pytest.raises(ValueError, match="layer counts fixed"):
+        adapt_state_dict(state, old, HTRConfig(model=ModelConfig(cnn_channels=(8,) * 6, lstm_hidden=8, lstm_layers=3)))
+
+
+@pytest.mark.parametrize("height", [32, 48])
+def test_a_grown_network_computes_what_the_old_one_did_and_its_new_units_learn(height):
+    """``htr train --init old.pt --channels ... --hidden ...``: wider CNN stages and a larger LSTM start with the
+    old network's output (new units feed nothing yet), their new weights get gradients, and shrinking is refused."""
+    from htr.model import adapt_state_dict
+
+    old = HTRConfig(input=InputConfig(height=32), model=ModelConfig(cnn_channels=(8, 8, 12, 12, 16, 16), lstm_hidden=8))
+    new = HTRConfig(input=InputConfig(height=height),
+                    model=ModelConfig(cnn_channels=(8, 12, 12, 16, 16, 24), lstm_hidden=12))
+    torch.manual_seed(0)
+    small = CRNN(old)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so the test sees them carried
+        for m in small.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    big = CRNN(new)
+    big.load_state_dict(adapt_state_dict(small.state_dict(), old, new, big.state_dict()))
+    small.eval(), big.eval()
+    x = torch.rand(3, 1, 32, 96)  # height-uniform rows would be needed across heights: compare at the old one
+    if height == 32:
+        torch.testing.assert_close(big(x), small(x), rtol=1e-5, atol=1e-5)
+    else:
+        assert big(torch.rand(3, 1, height, 96)).shape == (3, 24, new.num_classes)
+    big.train()
+    big(torch.rand(4, 1, height, 96)).sum().backward()
+    assert big.head.weight.grad[:, 8:12].abs().sum() > 0  # the new forward cells' outgoing weights learn
+    assert big.rnn.weight_hh_l0.grad[:, 8:12].abs().sum() > 0
+    assert big.cnn[0].weight.grad.abs().sum() > 0 and big.proj[0].weight.grad[:, 16 * (height // 16):].abs().sum() > 0
+    with pytest.raises(ValueError, match="can only grow"):
+        adapt_state_dict(big.state_dict(), new, HTRConfig(input=InputConfig(height=height), model=old.model),
+                         small.state_dict())

@@ -242,6 +242,39 @@ def test_pseudo_labels_with_the_name_model_are_open_vocabulary(tmp_path, tiny_ka
                         decoder_options={"name_model": names, "lm_weight": 0.3, "lexicon_mode": "soft"})
     assert {s.text for s in hard} <= set(lexicon)
     assert len({s.text for s in soft} - set(lexicon)) > 10
-    with pytest.raises(SystemExit, match="--pseudo-decoder names needs --name-model"):
+    half = pseudo_label(model, cfg, tiny_kaggle / "labelled", lexicon, 0.0, torch.device("cpu"), progress=False,
+                        decoder_options={"name_model": names, "lm_weight": 0.3, "lexicon_mode": "soft"}, keep=0.5)
+    assert len(half) == round(len(soft) / 2) and {(s.path, s.text) for s in half} <= {(s.path, s.text) for s in soft}
+    with pytest.raises(SystemExit, match="--pseudo-decoder names needs a name model"):
         cli(["train", "--real", str(tiny_kaggle), "--out", str(tmp_path / "r"), "--pseudo", str(tiny_kaggle / "labelled"),
              "--pseudo-decoder", "names", "--metrics-port", "0", *TINY])
+
+
+def test_names_teacher_reads_as_the_init_checkpoint_is_served(tmp_path, checkpoint):
+    """``--pseudo-decoder names`` without flags takes the name model and weights the ``--init`` checkpoint
+    carries (``htr tune-decoder``); flags override them; a checkpoint without any needs ``--name-model``."""
+    import argparse
+
+    from htr.ctc_decoder import DecodingSpec, name_model_bytes
+    from htr.model import load_model
+    from htr.preprocess import NameModel
+    from htr.train import _names_teacher
+
+    _, cfg, _ = load_model(checkpoint)
+    names = NameModel.train(["MARTIN", "LEA", "THOMAS"], cfg.alphabet, order=3)
+    tuned = {"decoding": {**DecodingSpec("beam", 10, 0.3, 0.25).to_params(), "name_model_npz": name_model_bytes(names)}}
+    flags = lambda **kw: argparse.Namespace(**{"name_model": None, "pseudo_lm_weight": None,
+                                               "pseudo_insertion_bonus": None, **kw})
+    got = _names_teacher(flags(), tuned)
+    assert (got["lm_weight"], got["insertion_bonus"]) == (0.3, 0.25)
+    assert got["name_model"].alphabet == cfg.alphabet and got["name_model"].order == 3
+    got = _names_teacher(flags(pseudo_lm_weight=0.7, pseudo_insertion_bonus=0.0), tuned)
+    assert (got["lm_weight"], got["insertion_bonus"]) == (0.7, 0.0)
+    npz = tmp_path / "lm.npz"
+    names.save(npz)
+    got = _names_teacher(flags(name_model=npz), {})
+    assert (got["lm_weight"], got["insertion_bonus"]) == (0.5, 0.0)
+    with pytest.raises(SystemExit, match="needs a name model"):
+        _names_teacher(flags(), {"decoding": DecodingSpec().to_params()})
+    with pytest.raises(SystemExit, match="no such file"):
+        _names_teacher(flags(name_model=tmp_path / "missing.npz"), tuned)
