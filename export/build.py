@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from htr.config import HTRConfig
-from htr.ctc_decoder import CTCDecoder, checkpoint_decoding, read_lexicon
+from htr.ctc_decoder import CTCDecoder, read_lexicon, resolve_decoding
 from htr.model import load_model
 from htr.paths import ROOT, default_data_dir
 from htr.runtime.contract import LOGPROBS, PIXELS
@@ -257,13 +257,12 @@ def build_repository(
 
 
 def _resolve_decoding(options: RepositoryOptions, ckpt: dict) -> RepositoryOptions:
-    """``options.decoder=None``: the checkpoint's own decoding (``htr.ctc_decoder.checkpoint_decoding``),
+    """``options.decoder=None``: the checkpoint's own decoding (``htr.ctc_decoder.resolve_decoding``),
     what ``htr eval`` and ``OfflineRecognizer`` use by default; ``"beam"`` keeps the checkpoint's name model
     and weights; ``"greedy"`` drops them."""
-    spec, name_model = checkpoint_decoding(ckpt)
-    if options.decoder is None:
-        options = replace(options, decoder=spec.decoder, beam_width=spec.beam_width)
-    if options.decoder == "beam" and options.name_model is None and name_model is not None:
+    spec, name_model = resolve_decoding(ckpt, options.decoder, None if options.decoder is None else options.beam_width)
+    options = replace(options, decoder=spec.decoder, beam_width=spec.beam_width)
+    if options.name_model is None and name_model is not None:
         options = replace(options, name_model=name_model, lm_weight=spec.lm_weight,
                           insertion_bonus=spec.insertion_bonus)
     return options

@@ -64,6 +64,17 @@ def checkpoint_decoding(ckpt: dict) -> tuple[DecodingSpec, NameModel | None]:
     return spec, (name_model_from_bytes(bytes(blob)) if blob else None)
 
 
+def resolve_decoding(ckpt: dict, decoder: str | None = None,
+                     beam_width: int | None = None) -> tuple[DecodingSpec, NameModel | None]:
+    """The one rule for "the checkpoint's decoding unless asked otherwise", used offline
+    (:class:`htr.offline.OfflineRecognizer`, ``htr eval``) and by the export (the served ``ctc_decode``):
+    ``decoder`` / ``beam_width`` None keep the checkpoint's; the name model (with its tuned weights) goes with
+    a beam search only, so ``"greedy"`` drops it and ``"beam"`` keeps it."""
+    spec, name_model = checkpoint_decoding(ckpt)
+    spec = replace(spec, **{k: v for k, v in (("decoder", decoder), ("beam_width", beam_width)) if v is not None})
+    return spec, (name_model if spec.decoder == "beam" else None)
+
+
 def read_lexicon(lexicon, alphabet: str) -> list[str]:
     """A lexicon path (one entry a line) or an iterable of strings, normalised like the labels
     (:func:`htr.config.normalize_label`); blank, ``EMPTY`` and out-of-alphabet entries are dropped."""

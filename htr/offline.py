@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ctc_decoder import CTCDecoder, checkpoint_decoding
+from .ctc_decoder import CTCDecoder, resolve_decoding
 from .model import load_model
 from .preprocess import decode_images, preprocess_batch
 
@@ -25,10 +25,9 @@ class OfflineRecognizer:
         self.model, self.cfg, self.ckpt = load_model(checkpoint, map_location=device)
         self.model.to(device)
         self.device, self.batch_size = device, batch_size
-        spec, lm = checkpoint_decoding(self.ckpt)
-        overrides = {k: v for k, v in (("decoder", decoder), ("beam_width", beam_width)) if v is not None}
+        spec, lm = resolve_decoding(self.ckpt, decoder, beam_width)
         self.codec = CTCDecoder.from_spec(self.cfg, spec, lm if name_model else None, lexicon=lexicon,
-                                          **overrides, **decoder_options)
+                                          **decoder_options)
         self.decoder = self.codec.decoder
 
     @torch.inference_mode()
