@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 
-from htr.runtime.contract import CRNN, ENSEMBLE
+from htr.runtime.contract import CRNN, CTC_DECODE, ENSEMBLE
 
 from .client import IN_USE, SHM_REFUSED, UNREGISTER_ATTEMPTS, UNREGISTER_WAIT_S, _as_list, _ClientBase
 from .errors import NO_MODEL, RETRYABLE, HTRClientError, InferenceError, classify, describe
@@ -28,10 +28,10 @@ class AsyncHTRClient(_ClientBase):
                  retries: int = 2, backoff_s: float = 0.2, shared_memory: bool = False,
                  batch_size: int | None = None, expected_alphabet: str | None = None, model_version: str = "",
                  decoder: str = "greedy", beam_width: int = 10, lexicon=None, preprocess_threads: int = 1,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, name_model=None):
         super().__init__(url, "grpc", model, pixels_model, preprocess, timeout_s, connect_timeout_s, retries,
                          backoff_s, shared_memory, batch_size, expected_alphabet, model_version, decoder,
-                         beam_width, lexicon, preprocess_threads, headers)
+                         beam_width, lexicon, preprocess_threads, headers, name_model)
         import tritonclient.grpc as mod
 
         self._mod = mod
@@ -73,7 +73,10 @@ class AsyncHTRClient(_ClientBase):
                 except Exception:  # noqa: BLE001
                     index = None
                 raise self._not_ready_error(index)
-            self._on_config(await self._call(lambda c: c.get_model_config(name, version, **self._json_kw())))
+            raw = await self._call(lambda c: c.get_model_config(name, version, **self._json_kw()))
+            decode_raw = await self._call(lambda c: c.get_model_config(CTC_DECODE, "", **self._json_kw())) \
+                if self._decodes_as_served else None
+            self._on_config(raw, decode_raw)
         except BaseException:
             await self.close()
             raise

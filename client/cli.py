@@ -45,6 +45,12 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.add_argument("--preprocess", choices=("server", "client"), default="server",
                    help="server: send encoded images to the ensemble; client: preprocess and decode here, "
                         "send pixels to the crnn model")
+    p.add_argument("--decoder", choices=("served", "greedy"), default="served",
+                   help="with --preprocess client: served = decode as the server's ctc_decode does (its beam "
+                        "search, name model and weights: the same text as the ensemble); greedy = best path")
+    p.add_argument("--name-model", type=Path, default=None,
+                   help="with --preprocess client --decoder served: the served name model's .npz (default "
+                        "models/names_lm.npz when it exists: make name-model); checked by fingerprint")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV: FILENAME,IDENTITY,CONFIDENCE,ERROR")
     fmt.add_argument("--json", action="store_true", help="JSON: a list of {file, path, text, confidence, error}")
@@ -66,6 +72,13 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     review.add_argument("--review-max", type=int, default=DEFAULT_REVIEW_MAX, metavar="N",
                         help="keep at most N reads, the least confident")
     p.set_defaults(func=run)
+
+
+def _default_name_model() -> Path | None:
+    from htr.paths import ROOT
+
+    path = ROOT / "models" / "names_lm.npz"
+    return path if path.is_file() else None
 
 
 def _say(msg: str) -> None:
@@ -121,8 +134,18 @@ def run(args) -> int:
         _say(f"error: no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}")
         return 2
     try:
+        local = {}
+        if args.name_model is not None and not args.name_model.is_file():
+            _say(f"error: --name-model {args.name_model}: no such file (make name-model builds models/names_lm.npz)")
+            return 2
+        if args.preprocess == "client":
+            local["decoder"] = args.decoder
+            name_model = args.name_model or _default_name_model()
+            if args.decoder == "served" and name_model is not None:
+                local["name_model"] = name_model
         client = HTRClient(args.url, args.protocol, args.model, preprocess=args.preprocess, timeout_s=args.timeout,
-                           retries=args.retries, shared_memory=args.shared_memory, batch_size=args.batch_size)
+                           retries=args.retries, shared_memory=args.shared_memory, batch_size=args.batch_size,
+                           **local)
     except HTRClientError as e:
         _say(f"error: {e}")
         return 1

@@ -21,12 +21,12 @@ import warnings
 
 import numpy as np
 
-from htr.runtime.contract import CRNN, ENSEMBLE
+from htr.runtime.contract import CRNN, CTC_DECODE, ENSEMBLE
 
 from .errors import (NO_MODEL, RETRYABLE, TIMEOUT, UNHEALTHY, UNREACHABLE, ConfigMismatchError, HTRClientError,
                      InferenceError, InferenceTimeoutError, ModelNotReadyError, RetryPolicy, ServerUnreachableError,
                      classify, describe)
-from .pipeline import Batch, ClientPreprocess, Prediction, ServedModel, ServerPreprocess, assemble
+from .pipeline import Batch, ClientPreprocess, Prediction, ServedModel, ServerPreprocess, assemble, served_decoding
 from .shm import SlotPool
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
@@ -66,14 +66,20 @@ class _ClientBase:
 
     def __init__(self, url, protocol, model, pixels_model, preprocess, timeout_s, connect_timeout_s, retries,
                  backoff_s, shared_memory, batch_size, expected_alphabet, model_version, decoder, beam_width,
-                 lexicon, preprocess_threads, headers=None):
+                 lexicon, preprocess_threads, headers=None, name_model=None):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if preprocess not in PREPROCESS:
             raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
-        if decoder not in ("greedy", "beam"):
-            raise ValueError(f"decoder must be 'greedy' or 'beam', got {decoder!r}")
-        if preprocess == "server" and (decoder != "greedy" or lexicon is not None):
+        if decoder not in ("greedy", "beam", "served"):
+            raise ValueError(f"decoder must be 'greedy', 'beam' or 'served', got {decoder!r}")
+        if decoder == "served" and lexicon is not None:
+            raise ValueError("decoder='served' reads the served ctc_decode's own decoding; a lexicon is "
+                             "decoder='beam'")
+        if name_model is not None and decoder != "served":
+            raise ValueError("name_model is for decoder='served' (the client decodes as the server's ctc_decode, "
+                             "with the same name model and weights)")
+        if preprocess == "server" and (decoder != "greedy" or lexicon is not None or name_model is not None):
             raise ValueError("decoder/lexicon choose the client-side decoding of preprocess='client'; with "
                              "preprocess='server' the served ctc_decode model decides (build_engine --decoder/--lexicon)")
         if timeout_s <= 0 or connect_timeout_s <= 0:
@@ -90,6 +96,7 @@ class _ClientBase:
         self._batch_size = batch_size
         self._codec_args = {"decoder": decoder, "beam_width": beam_width, "lexicon": lexicon,
                             "threads": preprocess_threads}
+        self._name_model = name_model
         self.served: ServedModel | None = None
         self.codec: ServerPreprocess | ClientPreprocess | None = None
         self.slots = SlotPool() if shared_memory else None
@@ -138,11 +145,18 @@ class _ClientBase:
             reason = f"version {version} is not loaded"
         return ModelNotReadyError(name, self.url, states, reason)
 
-    def _on_config(self, raw: dict) -> None:
+    @property
+    def _decodes_as_served(self) -> bool:
+        return self.preprocess == "client" and self._codec_args["decoder"] == "served"
+
+    def _on_config(self, raw: dict, decode_raw: dict | None = None) -> None:
         served = ServedModel.from_config(self.model_name, self.model_version, self.url, raw)
         served.check(self.url, self.expected_alphabet)
         if self.preprocess == "server":
             codec = ServerPreprocess(served, self.url)
+        elif self._decodes_as_served:
+            decoding = served_decoding(decode_raw or {}, self.url, self._name_model)
+            codec = ClientPreprocess(served, self.url, threads=self._codec_args["threads"], **decoding)
         else:
             codec = ClientPreprocess(served, self.url, **self._codec_args)
         self.served, self.codec = served, codec
@@ -192,8 +206,11 @@ class HTRClient(_ClientBase):
         shared_memory: pass tensors through system shared memory (client on the server's host).
         batch_size: images per request (default and maximum: the model's ``max_batch_size``).
         expected_alphabet, model_version: checked at connect time (ConfigMismatchError when they differ).
-        decoder, beam_width, lexicon: client-side CTC decoding (``preprocess="client"`` only; greedy by default:
-            the served decoding's name model lives with the server's ``ctc_decode``, not on the client).
+        decoder, beam_width, lexicon: client-side CTC decoding (``preprocess="client"`` only; greedy by default).
+            ``decoder="served"`` decodes as the server's ``ctc_decode`` does (its decoder, beam width, name-model
+            weight and bonus, read from its config at connect time): the same text as the ensemble.
+        name_model: with ``decoder="served"``, the served name model's ``.npz`` (e.g. ``models/names_lm.npz``
+            from ``make name-model``); its fingerprint must equal the one the export wrote into ``ctc_decode``.
         preprocess_threads: OpenMP threads of the client-side preprocessing kernel.
         connect: connect (and check) now; otherwise call :meth:`connect` before recognising.
         headers: sent with every call: an authenticating proxy's token, or ``htr serve``'s admin key
@@ -207,10 +224,11 @@ class HTRClient(_ClientBase):
                  connect_timeout_s: float = 5.0, retries: int = 2, backoff_s: float = 0.2,
                  shared_memory: bool = False, batch_size: int | None = None, expected_alphabet: str | None = None,
                  model_version: str = "", decoder: str = "greedy", beam_width: int = 10, lexicon=None,
-                 preprocess_threads: int = 1, connect: bool = True, headers: dict[str, str] | None = None):
+                 preprocess_threads: int = 1, connect: bool = True, headers: dict[str, str] | None = None,
+                 name_model=None):
         super().__init__(url, protocol, model, pixels_model, preprocess, timeout_s, connect_timeout_s, retries,
                          backoff_s, shared_memory, batch_size, expected_alphabet, model_version, decoder,
-                         beam_width, lexicon, preprocess_threads, headers)
+                         beam_width, lexicon, preprocess_threads, headers, name_model)
         if protocol == "grpc":
             import tritonclient.grpc as mod
         else:
@@ -266,7 +284,9 @@ class HTRClient(_ClientBase):
             # the index only enriches the error; `htr serve` restricts the repository API (admin key)
             raise self._not_ready_error(self._index_or_none(self._client))
         raw = self._call(lambda c: c.get_model_config(name, version, **self._json_kw()))
-        self._on_config(raw)
+        decode_raw = self._call(lambda c: c.get_model_config(CTC_DECODE, "", **self._json_kw())) \
+            if self._decodes_as_served else None
+        self._on_config(raw, decode_raw)
         return self
 
     def is_ready(self) -> bool:

@@ -7,7 +7,9 @@ Two ways to recognise a batch, chosen by ``preprocess``:
 - ``"client"`` (:class:`ClientPreprocess`): images are decoded and preprocessed here with
   :mod:`htr.preprocess` (input size and binarisation from the served model's ``htr_config``), only the
   network runs on the server (``crnn``: ``PIXELS`` ``[N, 1, H, W]`` -> ``LOGPROBS`` ``[N, T, C]``), and the
-  CTC decoding runs here (greedy, or beam search with an optional lexicon).
+  CTC decoding runs here (greedy, beam search with an optional lexicon, or ``decoder="served"``: the served
+  ``ctc_decode``'s own decoding, read from its config, with the name model file it names checked by
+  fingerprint, so the client reads the text the ensemble would).
 
 Both read the same ``htr_config`` the server's models were built with, so a client never carries its own
 copy of the alphabet or the input geometry. The sync and async clients share everything here; they only
@@ -41,6 +43,40 @@ class Prediction:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def served_decoding(raw: dict, url: str, name_model) -> dict:
+    """``ClientPreprocess`` keywords that decode as the served ``ctc_decode`` does (``raw``: its
+    ``get_model_config`` JSON). Its name model must be ``name_model`` (a path or ``NameModel``) with the
+    fingerprint the export wrote; a served lexicon file cannot be read from the server: both are refused
+    with a ConfigMismatchError that says what to pass."""
+    from htr.ctc_decoder import DecodingSpec
+    from htr.runtime.contract import CTC_DECODE
+
+    raw = raw.get("config", raw)
+    params = {k: v.get("string_value", "") for k, v in (raw.get("parameters") or {}).items()}
+    spec = DecodingSpec.from_params(params)
+    if params.get("lexicon_file"):
+        raise ConfigMismatchError(CTC_DECODE, url, "decoding", "no lexicon file", params["lexicon_file"],
+                                  "the served decoding is constrained to a lexicon the client cannot download: "
+                                  "pass decoder='beam', lexicon=<the same file>")
+    out = {"decoder": spec.decoder, "beam_width": spec.beam_width}
+    if not params.get("name_model_file"):
+        return out
+    served_fp = params.get("name_model_fingerprint")
+    if name_model is None:
+        raise ConfigMismatchError(CTC_DECODE, url, "name model", "none", f"fingerprint {served_fp}",
+                                  "the served decoding uses a name model: pass name_model=<its .npz> "
+                                  "(make name-model builds models/names_lm.npz), or decode greedy")
+    from htr.preprocess import NameModel
+
+    model = name_model if isinstance(name_model, NameModel) else NameModel.load(name_model)
+    if served_fp is None or model.fingerprint != served_fp:
+        raise ConfigMismatchError(CTC_DECODE, url, "name model fingerprint", model.fingerprint, served_fp,
+                                  "decoding with another name model would read other text: use the file the "
+                                  "repository was exported with (its ctc_decode version folder holds it)"
+                                  if served_fp else "the repository predates name model fingerprints: re-export it")
+    return {**out, "name_model": model, "lm_weight": spec.lm_weight, "insertion_bonus": spec.insertion_bonus}
 
 
 @dataclass(frozen=True)
@@ -152,7 +188,8 @@ class ClientPreprocess:
     """Images decoded and preprocessed here -> ``crnn`` -> log-probabilities decoded here."""
 
     def __init__(self, served: ServedModel, url: str, decoder: str = "greedy", beam_width: int = 10,
-                 lexicon=None, threads: int = 1):
+                 lexicon=None, threads: int = 1, name_model=None, lm_weight: float = 0.0,
+                 insertion_bonus: float = 0.0):
         if len(served.inputs) != 1 or len(served.outputs) != 1:
             raise ConfigMismatchError(served.name, url, "tensors", "one input (PIXELS) and one output (LOGPROBS)",
                                       f"inputs {list(served.inputs)}, outputs {list(served.outputs)}",
@@ -166,7 +203,9 @@ class ClientPreprocess:
         self.dtype = np.dtype(triton_to_np_dtype(self.datatype))
         from htr.ctc_decoder import CTCDecoder
 
-        self.codec, self.threads = CTCDecoder(self.cfg, decoder, beam_width, lexicon), threads
+        self.codec = CTCDecoder(self.cfg, decoder, beam_width, lexicon, name_model=name_model, lm_weight=lm_weight,
+                                insertion_bonus=insertion_bonus)
+        self.threads = threads
         ic = self.cfg.input
         # T <= W for any CNN that only downsamples, so W frames bound the output of a full batch
         self.sizes = {"pixels": served.max_batch_size * ic.height * ic.width * self.dtype.itemsize,

@@ -192,6 +192,7 @@ def decode_config(cfg: HTRConfig, opts: RepositoryOptions) -> mc.ModelConfig:
     c.parameters["beam_width"].string_value = str(opts.beam_width)
     if opts.name_model is not None:
         c.parameters["name_model_file"].string_value = NAME_MODEL_FILE
+        c.parameters["name_model_fingerprint"].string_value = opts.name_model.fingerprint
         c.parameters["lm_weight"].string_value = repr(float(opts.lm_weight))
         c.parameters["insertion_bonus"].string_value = repr(float(opts.insertion_bonus))
     if opts.lexicon:

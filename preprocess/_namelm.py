@@ -296,6 +296,20 @@ class NameModel:
             return cls(str(z["alphabet"]), int(z["order"]), z["next_state"], z["logp"], z["end_logp"],
                        int(z["start_state"]), json.loads(str(z["metadata"])))
 
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, 16 digits) of what decoding reads: alphabet, order, start state and the three arrays
+        (not the metadata). Two files with the same fingerprint decode identically; the export writes it into
+        ``ctc_decode``'s parameters so a client decoding locally can prove it holds the served model."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(json.dumps([self.alphabet, self.order, self.start_state]).encode())
+        for a in (self.next_state, self.logp, self.end_logp):
+            h.update(str(a.shape).encode())
+            h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+        return h.hexdigest()[:16]
+
     def __repr__(self) -> str:
         return (f"NameModel(order={self.order}, {self.n_states} states, {self.nbytes / 2**20:.1f} MiB, "
                 f"alphabet={self.alphabet!r})")

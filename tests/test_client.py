@@ -126,6 +126,45 @@ def test_every_input_kind_gives_the_offline_text(triton, kinds, expected, protoc
                 assert all(p.source is None for p in preds)
 
 
+def served_name_model(checkpoint):
+    """The name model the repository of ``checkpoint`` serves (the one inside the checkpoint)."""
+    from htr.ctc_decoder import checkpoint_decoding
+    from htr.model import load_checkpoint
+
+    spec, name_model = checkpoint_decoding(load_checkpoint(checkpoint))
+    assert spec.decoder == "beam" and name_model is not None, "the shipped model is served with its name model"
+    return name_model
+
+
+def test_client_side_decoding_as_served_reads_the_server_text(triton, checkpoint, kinds, expected):
+    """``preprocess="client", decoder="served"``: the client reads ctc_decode's decoding (beam, name-model weight
+    and bonus) from its config and decodes locally with the same name model: the ensemble's text, not greedy's.
+    Another name model (fingerprint), none, or a name model with another decoder are refused clearly."""
+    from htr.preprocess import NameModel
+
+    name_model = served_name_model(checkpoint)
+    assert [t for t, _ in expected["server"]] != [t for t, _ in expected["client"]], "the test needs a difference"
+    for protocol in ("grpc", "http"):
+        with HTRClient(url_of(triton, protocol), protocol, preprocess="client", decoder="served",
+                       name_model=name_model) as client:
+            assert client.codec.codec.describe().startswith("beam 10 + name model")
+            assert_matches_offline(client.recognize(kinds["ndarray"]), expected["server"])
+
+    async def run():
+        async with AsyncHTRClient(triton.url_grpc, preprocess="client", decoder="served",
+                                  name_model=name_model) as client:
+            return await client.recognize(kinds["path"])
+
+    assert_matches_offline(asyncio.run(run()), expected["server"])
+    other = NameModel.train(["MARTIN", "LEA"], name_model.alphabet, order=3)
+    with pytest.raises(ConfigMismatchError, match="name model fingerprint"):
+        HTRClient(triton.url_grpc, preprocess="client", decoder="served", name_model=other)
+    with pytest.raises(ConfigMismatchError, match="pass name_model="):
+        HTRClient(triton.url_grpc, preprocess="client", decoder="served")
+    with pytest.raises(ValueError, match="name_model is for decoder='served'"):
+        HTRClient(triton.url_grpc, preprocess="client", name_model=name_model, connect=False)
+
+
 def test_client_reads_the_config_from_the_server(triton, checkpoint):
     from htr.model import load_checkpoint
 
@@ -262,7 +301,7 @@ def test_corrupt_file_in_a_folder_fails_alone(triton, corrupt_folder, labelled, 
 
 
 def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt_folder, labelled, offline,
-                                                                  offline_greedy, capsys):
+                                                                  offline_greedy, checkpoint, capsys):
     rc = htr_main(["recognize", "--url", triton.url_grpc, "--csv", "--no-progress", str(corrupt_folder)])
     out, err = capsys.readouterr()
     assert rc == 1  # two images could not be read: every other one still is, and the exit status says so
@@ -280,13 +319,18 @@ def test_cli_csv_lists_every_file_of_a_folder_with_a_corrupt_one(triton, corrupt
 
     out_file = corrupt_folder / "out" / "preds.json"
     out_file.parent.mkdir()
-    rc = htr_main(["recognize", "--url", triton.http_endpoint, "--protocol", "http", "--preprocess", "client",
-                   "--json", "--output", str(out_file), str(corrupt_folder / "broken.jpg"), str(labelled[0])])
-    assert rc == 1
-    got = json.loads(out_file.read_text())
-    assert [g["file"] for g in got] == ["broken.jpg", labelled[0].name]
-    assert got[0]["error"] and got[1]["text"] == offline_greedy[0][0] and got[1]["error"] is None
-    capsys.readouterr()
+    npz = served_name_model(checkpoint).save(corrupt_folder / "out" / "names_lm.npz")
+    for decoder, want in (("served", offline), ("greedy", offline_greedy)):
+        rc = htr_main(["recognize", "--url", triton.http_endpoint, "--protocol", "http", "--preprocess", "client",
+                       "--decoder", decoder, "--name-model", str(npz), "--json", "--output", str(out_file),
+                       str(corrupt_folder / "broken.jpg"), str(labelled[0])])
+        assert rc == 1
+        got = json.loads(out_file.read_text())
+        assert [g["file"] for g in got] == ["broken.jpg", labelled[0].name]
+        assert got[0]["error"] and got[1]["text"] == want[0][0] and got[1]["error"] is None
+    rc = htr_main(["recognize", "--url", triton.url_grpc, "--preprocess", "client", "--name-model",
+                   str(corrupt_folder / "missing.npz"), str(labelled[0])])
+    assert rc == 2 and "missing.npz: no such file" in capsys.readouterr().err
 
     rc = htr_main(["recognize", "--url", triton.url_grpc, str(labelled[1]), str(corrupt_folder / "broken.jpg")])
     out, err = capsys.readouterr()  # the default output: a table
