@@ -37,7 +37,7 @@ def labelled(kaggle_dir):
 
 @pytest.fixture(scope="module")
 def offline(checkpoint, labelled):
-    """What ``htr eval`` predicts offline for every labelled image (greedy)."""
+    """What ``htr eval`` predicts offline for every labelled image (the checkpoint's own decoding, as served)."""
     return OfflineRecognizer(checkpoint).predict_files([s.path for s in labelled])
 
 
