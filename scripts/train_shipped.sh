@@ -6,6 +6,7 @@
 #   scripts/train_shipped.sh                 # all stages into runs/shipped/
 #   START=10 scripts/train_shipped.sh        # resume from stage 10 (needs runs/shipped/stage7/best.pt)
 #   START=13 scripts/train_shipped.sh        # only stage 13 + the decoder (needs runs/shipped/stage12/best.pt)
+#   CANDIDATES=1 scripts/train_shipped.sh    # then also the version 3 candidates (about 4 h here, not shipped)
 #
 # Time (the card's wall clock on the 2-core dev VM, quiet CPU): stages 1-7 at 32x256 about 4.5 h, stages 10-12
 # at 48x384 about 4 h, both in FP32 (htr train now uses BF16 autocast on this CPU: about a third of that); stage 13
@@ -71,3 +72,21 @@ stage 13 stage13 --init "$OUT/stage12/best.pt" --names "$OUT/names_minus_labelle
 make -s name-model
 "$HTR" tune-decoder --checkpoint "$OUT/stage13/last.pt" --name-model models/names_lm.npz --out "$OUT/shipped.pt"
 echo "done: $OUT/shipped.pt (score it: $HTR eval --checkpoint $OUT/shipped.pt --labels $DATA/labels.csv --split eval)"
+
+# Version 3 candidates (model card, "Version 3 candidates"; not shipped: none beat version 2 on the validation
+# part). CANDIDATES=1 runs them from the shipped checkpoint: the name-model teacher keeping the most confident 75%
+# of its reads, the same network, the LSTM grown to 192 cells and the CNN grown 1.5x (htr.model.grow_state_dict).
+if [[ "${CANDIDATES:-0}" == 1 ]]; then
+  C="--init $OUT/shipped.pt --names $OUT/names_minus_labelled.txt $P --pseudo-decoder names --pseudo-threshold 0
+     --pseudo-keep 0.75 --pseudo-every 4 --lr 3e-4 --warmup 0.03 --synth 1500 --workers 1"
+  # shellcheck disable=SC2086
+  {
+    "$HTR" train --real "$DATA" --out "$OUT/v3-stage14" $C --epochs 14 --patience 14 --threads 1
+    "$HTR" train --real "$DATA" --out "$OUT/v3-h192" $C --hidden 192 --epochs 14 --patience 14 --threads 1
+    "$HTR" train --real "$DATA" --out "$OUT/v3-cnn15" $C --channels 48,96,144,144,192,192 --epochs 8 --patience 8 \
+      --threads 2
+  }
+  for run in v3-stage14 v3-h192 v3-cnn15; do
+    "$HTR" tune-decoder --checkpoint "$OUT/$run/last.pt" --name-model models/names_lm.npz --out "$OUT/$run/tuned.pt"
+  done
+fi
