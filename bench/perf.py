@@ -388,6 +388,24 @@ def _models(value: str) -> list[str]:
     return models
 
 
+def check_yardstick(repository: Path, checkpoint: Path) -> None:
+    """The physical yardstick (ONNX Runtime in process, FLOPs) must be the served network: refuse a
+    ``--checkpoint`` whose config (input size, CNN widths, LSTM size) is not the one ``repository`` was exported
+    with, instead of printing another network's figures beside the served ones."""
+    import json
+
+    from htr.export.repository import read_config
+    from htr.model import load_checkpoint
+
+    config = repository / CRNN / "config.pbtxt"
+    if not config.is_file():
+        return  # the sweep reports the missing repository
+    served = json.loads(read_config(repository / CRNN).parameters["htr_config"].string_value)
+    if served != load_checkpoint(checkpoint)["config"]:
+        sys.exit(f"error: --checkpoint {checkpoint} is not the network {repository} serves (its htr_config "
+                 f"differs): pass the exported checkpoint as --checkpoint, or --skip-physical")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=type(
         "F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}))
@@ -420,6 +438,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write every figure to this JSON file")
     args = ap.parse_args(argv)
     args.results, args.perf_venv = args.results.resolve(), args.perf_venv.resolve()  # perf_analyzer runs in results/
+    if not args.url and not args.skip_physical:
+        check_yardstick(args.repository, args.checkpoint)
 
     if args.url:
         served = sweep(args.url, args.metrics_url, args)
