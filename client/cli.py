@@ -75,10 +75,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _default_name_model() -> Path | None:
-    from htr.paths import ROOT
+    from htr.name_model import DEFAULT_OUT
 
-    path = ROOT / "models" / "names_lm.npz"
-    return path if path.is_file() else None
+    return DEFAULT_OUT if DEFAULT_OUT.is_file() else None
 
 
 def _say(msg: str) -> None:

@@ -67,9 +67,7 @@ def adapt_state_dict(state: dict, old: HTRConfig, new: HTRConfig, fresh: dict | 
     :func:`grow_state_dict`; the grown network computes what the old one did. Anything else (fewer channels,
     other layer counts, alphabet, blank) is refused.
     """
-    if old.alphabet != new.alphabet or old.blank != new.blank or old.model.lstm_layers != new.model.lstm_layers:
-        raise ValueError("only the input size and the widths can differ from the --init checkpoint "
-                         "(alphabet, blank and layer counts fixed)")
+    check_adaptable(old, new)
     h_old, h_new = old.input.height // 16, new.input.height // 16
     if h_old != h_new:
         # overlap[j, r]: length of old row r inside new row j, in old-row units (each column sums to 1)
@@ -87,6 +85,18 @@ def adapt_state_dict(state: dict, old: HTRConfig, new: HTRConfig, fresh: dict | 
     return state
 
 
+def check_adaptable(old: HTRConfig, new: HTRConfig) -> None:
+    """ValueError unless :func:`adapt_state_dict` can carry ``old``'s weights to ``new``: same alphabet, blank
+    and layer counts, and widths that only grow (cheap: configs only, no weights)."""
+    if old.alphabet != new.alphabet or old.blank != new.blank or old.model.lstm_layers != new.model.lstm_layers:
+        raise ValueError("only the input size and the widths can differ from the --init checkpoint "
+                         "(alphabet, blank and layer counts fixed)")
+    oc, nc = tuple(old.model.cnn_channels), tuple(new.model.cnn_channels)
+    oh, nh = old.model.lstm_hidden, new.model.lstm_hidden
+    if len(oc) != len(nc) or any(n < o for o, n in zip(oc, nc)) or nh < oh:
+        raise ValueError(f"a network can only grow: CNN {oc} -> {nc}, LSTM {oh} -> {nh}")
+
+
 def grow_state_dict(state: dict, old, new, rows: int, fresh: dict) -> dict:
     """Widen a trained CRNN (more CNN channels per stage, a larger LSTM) without changing what it computes.
 
@@ -94,12 +104,11 @@ def grow_state_dict(state: dict, old, new, rows: int, fresh: dict) -> dict:
     weights; every new unit (channel, LSTM cell) takes its incoming weights from ``fresh`` (the new network's
     random initialisation) and **zero** weights towards every old unit, so at the start the old units compute
     exactly what they did and the output is unchanged; training then puts the new units to use (their outgoing
-    weights get gradients because their activations are not zero). ``rows`` is the CNN's output height (H/16).
+    weights get gradients because their activations are not zero). ``rows`` is the CNN's output height (H/16);
+    ``old`` / ``new`` are model configs that :func:`check_adaptable` accepts.
     """
-    oc, nc = tuple(old.cnn_channels), tuple(new.cnn_channels)
+    oc = tuple(old.cnn_channels)
     oh, nh = old.lstm_hidden, new.lstm_hidden
-    if len(oc) != len(nc) or any(n < o for o, n in zip(oc, nc)) or nh < oh:
-        raise ValueError(f"a network can only grow: CNN {oc} -> {nc}, LSTM {oh} -> {nh}")
     ar = torch.arange
 
     def gates(h_old, h_new):  # LSTM gate rows i, f, g, o: four blocks of h

@@ -47,7 +47,7 @@ from .config import HTRConfig, InputConfig, ModelConfig
 from .data import (Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples,
                    split_train_val)
 from .scores import score
-from .model import CRNN, adapt_state_dict, count_parameters, load_checkpoint, save_checkpoint
+from .model import CRNN, adapt_state_dict, check_adaptable, count_parameters, load_checkpoint, save_checkpoint
 from .preprocess import ctc_greedy_decode
 
 from .paths import default_data_dir
@@ -365,7 +365,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
                 ("LSTM", init_cfg.model.lstm_hidden, cfg.model.lstm_hidden)) if a != b]
             say(f"--init: grows {', '.join(grows)} (the new units start with no effect on the output)")
             try:  # refuse a shrink before any data is read
-                adapt_state_dict(init_ckpt["state_dict"], init_cfg, cfg, CRNN(cfg).state_dict())
+                check_adaptable(init_cfg, cfg)
             except ValueError as e:
                 raise SystemExit(f"error: --init {args.init}: {e}") from None
     else:
