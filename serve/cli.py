@@ -231,19 +231,21 @@ def _serve(server: TritonServer, log: _LogFollower, signals: list[int], args) ->
         _say(f"{signal.Signals(signals[0]).name} before the server was ready")
         return _shutdown(server, log, signals)
     log.pump()
-    _say(f"ready in {seconds:.1f} s (pid {server.pid}); start-up tables and the full log in {server.log_path}")
+    # the whole banner in one write: whoever waits for "ready in" (a script, a test) finds the addresses with it
+    banner = [f"ready in {seconds:.1f} s (pid {server.pid}); start-up tables and the full log in {server.log_path}"]
     if server.model_control != "none":  # the index is the repository API's (none: not served)
         try:
             index = server.repository_index()
             models = (" ".join(str(m[k]) for k in ("name", "version", "state") if m.get(k))
                       for m in sorted(index, key=lambda m: m["name"]))
-            _say("models   " + ", ".join(models))
+            banner.append("models   " + ", ".join(models))
         except (OSError, ValueError):
             pass
-    _say(f"HTTP     {server.url_http}   (health: {server.url_http}/v2/health/ready)")
-    _say(f"gRPC     {server.url_grpc}")
-    _say(f"metrics  {server.url_metrics}")
-    _say("Ctrl-C or SIGTERM stops it (in-flight requests finish first)")
+    banner += [f"HTTP     {server.url_http}   (health: {server.url_http}/v2/health/ready)",
+               f"gRPC     {server.url_grpc}",
+               f"metrics  {server.url_metrics}",
+               "Ctrl-C or SIGTERM stops it (in-flight requests finish first)"]
+    print("\n".join(f"htr serve: {line}" for line in banner), flush=True)
     while not signals:
         log.pump()
         rc = server.returncode
