@@ -33,6 +33,11 @@ def average_logprobs(members: list[np.ndarray]) -> np.ndarray:
     return np.log(np.maximum(mean, 1e-30)).astype(np.float32)
 
 
+def _short(path: Path) -> str:
+    """runs/v3/cnn15/tuned.pt -> cnn15; models/crnn_names.pt -> crnn_names."""
+    return path.parent.name if path.stem in ("tuned", "last", "best") and path.parent.name else path.stem
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", type=Path, help="two or more checkpoints; the first is the baseline")
@@ -58,7 +63,7 @@ def main() -> int:
         rows, best = tune(cfg, average_logprobs(members), labels, name_model, weights, bonuses)
         results.append({"members": [str(c) for c in args.checkpoints[: len(members)]], "chosen": best,
                         "greedy": rows[0]})
-        print(f"{' + '.join(c.parent.name or c.name for c in args.checkpoints[: len(members)])}: "
+        print(f"{' + '.join(_short(c) for c in args.checkpoints[: len(members)])}: "
               f"validation ({len(labels)} images) exact {best['exact_match']:.1%} CER {best['cer']:.2%} with "
               f"{best['decoder']} (weight {best['lm_weight']:g}, bonus {best['insertion_bonus']:g}); greedy "
               f"{rows[0]['exact_match']:.1%} / {rows[0]['cer']:.2%}", flush=True)
