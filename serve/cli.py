@@ -166,8 +166,9 @@ class _LogFollower:
         self._f.close()
 
 
-def _say(msg: str, err: bool = False) -> None:
-    print(f"htr serve: {msg}", file=sys.stderr if err else sys.stdout, flush=True)
+def _say(*msgs: str, err: bool = False) -> None:
+    """Each message a line of its own, ``htr serve: `` in front; all of them in one write."""
+    print("\n".join(f"htr serve: {msg}" for msg in msgs), file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def run(args) -> int:
@@ -245,7 +246,7 @@ def _serve(server: TritonServer, log: _LogFollower, signals: list[int], args) ->
                f"gRPC     {server.url_grpc}",
                f"metrics  {server.url_metrics}",
                "Ctrl-C or SIGTERM stops it (in-flight requests finish first)"]
-    print("\n".join(f"htr serve: {line}" for line in banner), flush=True)
+    _say(*banner)
     while not signals:
         log.pump()
         rc = server.returncode
