@@ -93,6 +93,21 @@ def read_kaggle(labels_csv: str | Path, images_dir: str | Path | None = None, al
     return samples, report
 
 
+def real_source(spec: str | Path) -> tuple[Path, Path | None]:
+    """A labelled real source as ``htr train --real`` and ``htr tune-decoder --data`` take it: a Kaggle-layout
+    folder (``labels.csv`` + ``labelled/``) or ``CSV[:IMAGES]`` (labels whose images lie elsewhere, e.g. scans
+    of ``unlabelled/`` read by people through ``htr label``) -> (labels CSV, image folder or None = beside it)."""
+    spec = Path(spec)
+    if spec.is_dir():
+        if not (spec / "labels.csv").is_file():
+            raise FileNotFoundError(f"{spec}: a folder without labels.csv")
+        return spec / "labels.csv", None
+    csv_path, sep, images = str(spec).partition(":")
+    if not Path(csv_path).is_file():
+        raise FileNotFoundError(f"{spec}: neither a folder with labels.csv nor a CSV[:IMAGES] file")
+    return Path(csv_path), (Path(images) if sep and images else None)
+
+
 def split_of(filename: str, eval_fraction: float = 1 / 3) -> str:
     """Deterministic split by a hash of the file name: ``"eval"`` for about ``eval_fraction`` of files.
 

@@ -44,8 +44,8 @@ from torch.nn import functional as F
 
 from . import distributed
 from .config import HTRConfig, InputConfig, ModelConfig
-from .data import (Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, split_samples,
-                   split_train_val)
+from .data import (Collate, ImageDataset, Sample, SynthDataset, build_augment, read_kaggle, real_source,
+                   split_samples, split_train_val)
 from .scores import score
 from .model import CRNN, adapt_state_dict, check_adaptable, count_parameters, load_checkpoint, save_checkpoint
 from .preprocess import ctc_greedy_decode
@@ -58,8 +58,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p = sub.add_parser("train", help="train the CRNN (CTC), metrics for Prometheus", description=__doc__,
                        formatter_class=formatter_class)
     g = p.add_argument_group("data")
-    g.add_argument("--real", type=Path, action="append", default=None,
-                   help=f"Kaggle-layout folder (labels.csv + labelled/), hash-split train/eval; repeatable "
+    g.add_argument("--real", action="append", default=None, metavar="DIR|CSV[:IMAGES]",
+                   help=f"labelled real images, hash-split train/validation/eval: a Kaggle-layout folder (labels.csv "
+                        f"+ labelled/) or a CSV with its image folder; repeatable "
                         f"(default: $HTR_DATA, else {default_data_dir()})")
     g.add_argument("--data", action="append", default=[], metavar="CSV[:IMAGES]",
                    help="extra labelled CSV (all rows used for training); repeatable")
@@ -375,10 +376,13 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
                                           lstm_hidden=args.hidden or ModelConfig.lstm_hidden, dropout=args.dropout))
 
     # data
-    real_dirs = args.real if args.real is not None else [default_data_dir()]
+    try:
+        real_sources = [real_source(r) for r in (args.real if args.real is not None else [default_data_dir()])]
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: --real {e}") from None
     train_samples, val_samples = [], []
-    for d in real_dirs:
-        samples, report = read_kaggle(d / "labels.csv", None, cfg.alphabet, keep_empty=True)
+    for labels_csv, images in real_sources:
+        samples, report = read_kaggle(labels_csv, images, cfg.alphabet, keep_empty=True)
         tr, ev = split_samples(samples, args.eval_fraction)
         tr, va = split_train_val(tr, args.val_fraction)
         empty = sum(not s.text for s in tr)
@@ -394,7 +398,8 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
     if not val_samples:
         raise SystemExit("error: no validation images: give --real with a Kaggle-layout folder "
                          "(and a --val-fraction above 0)")
-    names_path = args.names or next((d / "names_corpus.txt" for d in real_dirs if (d / "names_corpus.txt").is_file()), None)
+    names_path = args.names or next((c.parent / "names_corpus.txt" for c, _ in real_sources
+                                     if (c.parent / "names_corpus.txt").is_file()), None)
     synth = None
     if args.synth:
         from .synth import SynthGenerator, load_names

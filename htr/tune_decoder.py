@@ -36,7 +36,9 @@ def add_parser(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter):
     p.add_argument("--checkpoint", type=Path, required=True, help="CRNN checkpoint to tune for")
     p.add_argument("--name-model", type=Path, default=ROOT / "models" / "names_lm.npz",
                    help="name model (.npz from `python -m htr.name_model`)")
-    p.add_argument("--data", type=Path, default=None, help=f"Kaggle-layout folder (default: {default_data_dir()})")
+    p.add_argument("--data", action="append", default=None, metavar="DIR|CSV[:IMAGES]",
+                   help=f"labelled real images as htr train's --real (a Kaggle-layout folder, or a CSV with its "
+                        f"image folder); repeatable: the validation parts are pooled (default: {default_data_dir()})")
     p.add_argument("--val-fraction", type=float, default=0.25, help="as htr train's: the validation part")
     p.add_argument("--beam-width", type=int, default=10)
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="lm_weight values to try (comma list)")
@@ -57,16 +59,21 @@ def _floats(text: str, what: str) -> list[float]:
     return values
 
 
-def validation_logprobs(checkpoint: Path, data: Path, val_fraction: float):
-    """(log-probabilities (N, T, C), labels) of the validation part of the train side, the model run once."""
-    from .data import read_kaggle, split_samples, split_train_val
+def validation_logprobs(checkpoint: Path, data, val_fraction: float):
+    """(log-probabilities (N, T, C), labels) of the validation part of the train side, the model run once.
+
+    ``data``: one source or a list of them (a Kaggle-layout folder or ``CSV[:IMAGES]``, as ``htr train --real``);
+    their validation parts are pooled, in the order given."""
+    from .data import read_kaggle, real_source, split_samples, split_train_val
     from .offline import OfflineRecognizer
     from .preprocess import decode_images, preprocess_batch
 
     rec = OfflineRecognizer(checkpoint, decoder="greedy")
-    samples, _ = read_kaggle(data / "labels.csv", None, rec.cfg.alphabet)
-    train, _ = split_samples(samples)
-    _, val = split_train_val(train, val_fraction)
+    val = []
+    for spec in data if isinstance(data, (list, tuple)) else [data]:
+        samples, _ = read_kaggle(*real_source(spec), rec.cfg.alphabet)
+        train, _ = split_samples(samples)
+        val += split_train_val(train, val_fraction)[1]
     if not val:
         raise SystemExit(f"error: no validation images in {data} (val fraction {val_fraction})")
     ic = rec.cfg.input
@@ -101,11 +108,16 @@ def run(args) -> int:
     from .model import load_checkpoint
     from .preprocess import NameModel
 
-    data = args.data or default_data_dir()
-    if not (data / "labels.csv").is_file():
-        print(f"error: no labels.csv in {data}: pass --data with the Kaggle-layout folder (README 'Data')",
-              file=sys.stderr)
-        return 2
+    from .data import real_source
+
+    data = args.data or [default_data_dir()]
+    for spec in data:
+        try:
+            real_source(spec)
+        except FileNotFoundError:
+            print(f"error: --data {spec}: no labels.csv there and not a CSV file: pass --data with the "
+                  f"Kaggle-layout folder or CSV[:IMAGES] (README 'Data')", file=sys.stderr)
+            return 2
     if not args.name_model.is_file():
         print(f"error: name model not found: {args.name_model} (build it: python -m htr.name_model --help)",
               file=sys.stderr)

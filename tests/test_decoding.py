@@ -79,6 +79,30 @@ def test_tune_decoder_chooses_on_the_validation_part_and_writes_the_choice(tmp_p
     assert main(["tune-decoder", "--checkpoint", str(checkpoint), "--name-model", str(tmp_path / "none.npz")]) == 2
 
 
+def test_tune_decoder_pools_the_validation_parts_of_several_sources(tmp_path, checkpoint, kaggle_dir, name_model,
+                                                                     capsys):
+    """``--data`` repeats as ``htr train --real`` does (a folder, or CSV:IMAGES for reviewed scans of another
+    folder): the validation parts are pooled. The same labels twice give twice the images, and the same choice."""
+    from htr.cli import main
+
+    lm_path = name_model.save(tmp_path / "names.npz")
+    reviewed = tmp_path / "reviewed.csv"
+    reviewed.write_text((kaggle_dir / "labels.csv").read_text())
+    grids = []
+    for extra in ([], ["--data", f"{reviewed}:{kaggle_dir / 'labelled'}"]):
+        assert main(["tune-decoder", "--checkpoint", str(checkpoint), "--name-model", str(lm_path), "--data",
+                     str(kaggle_dir), *extra, "--weights", "0.3", "--bonuses", "0",
+                     "--json", str(tmp_path / "grid.json")]) == 0
+        capsys.readouterr()
+        grids.append(json.loads((tmp_path / "grid.json").read_text()))
+    assert grids[1]["images"] == 2 * grids[0]["images"] > 0
+    assert grids[1]["chosen"] == grids[0]["chosen"]
+    assert [r["exact_match"] for r in grids[1]["rows"]] == pytest.approx([r["exact_match"] for r in grids[0]["rows"]])
+    assert main(["tune-decoder", "--checkpoint", str(checkpoint), "--name-model", str(lm_path), "--data",
+                 str(tmp_path / "missing.csv")]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
 def test_a_name_model_for_another_alphabet_is_refused(name_model):
     from htr.config import HTRConfig
 

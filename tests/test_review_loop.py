@@ -282,3 +282,45 @@ def _response_version(server) -> str:
     finally:
         client.close()
 
+
+
+def test_review_sheets_sample_draw_and_turn_typed_answers_into_labels(tmp_path, kaggle_dir):
+    """scripts/review_sheets.py: a seeded sample of the doubtful reads, drawn 20 to a sheet with each read beside
+    its scan; the typed answers become a Kaggle-layout CSV (normalised, '?' skipped) that htr.data reads back."""
+    import csv as _csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from htr.data import read_kaggle, real_source
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((kaggle_dir / "unlabelled").glob("*.jpg"))[:25]
+    reads = tmp_path / "reads.csv"
+    with open(reads, "w", newline="") as f:
+        w = _csv.writer(f)
+        w.writerow(["FILENAME", "TEXT", "CONFIDENCE", "SOURCE"])
+        for i, p in enumerate(files):
+            w.writerow([p.name, f"READ{i}", f"{i / 25:.2f}", str(p)])
+    cmd = [sys.executable, str(root / "scripts/review_sheets.py"), str(reads), "--below", "0.5", "--count", "30",
+           "--out", str(tmp_path / "sheets")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "13 reads below 0.5 on 1 sheets" in done.stdout  # confidences 0.00 .. 0.48
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "sheets" / "sheet00.png")
+    assert sheet.height > 13 * 40 and sheet.width > 300
+    answers = tmp_path / "answers.txt"
+    answers.write_text("".join(f"{i} {'?' if i == 3 else 'Élodie  d’Arc' if i == 0 else 'NAME' + 'ABCDEFGHIJKLM'[i]}\n"
+                               for i in range(13)))
+    labels = tmp_path / "mine.csv"
+    done = subprocess.run([*cmd, "--answers", str(answers), "--labels", str(labels)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "12 labelled, 1 skipped" in done.stdout, done.stderr
+    samples, report = read_kaggle(*real_source(f"{labels}:{kaggle_dir / 'unlabelled'}"))
+    assert len(samples) == 12 and report.changed == 0 and samples[0].text == "ELODIE D'ARC"
+    answers.write_text("0 X\n")
+    done = subprocess.run([*cmd, "--answers", str(answers), "--labels", str(labels)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "no answer for 12 rows" in done.stderr

@@ -278,3 +278,36 @@ def test_names_teacher_reads_as_the_init_checkpoint_is_served(tmp_path, checkpoi
         _names_teacher(flags(), {"decoding": DecodingSpec().to_params()})
     with pytest.raises(SystemExit, match="no such file"):
         _names_teacher(flags(name_model=tmp_path / "missing.npz"), tuned)
+
+
+def test_real_source_takes_a_folder_or_a_csv_with_its_images(tmp_path, tiny_kaggle):
+    from htr.data import real_source
+
+    assert real_source(tiny_kaggle) == (tiny_kaggle / "labels.csv", None)
+    csv_path = tmp_path / "reviewed.csv"
+    csv_path.write_text((tiny_kaggle / "labels.csv").read_text())
+    assert real_source(f"{csv_path}:{tiny_kaggle / 'labelled'}") == (csv_path, tiny_kaggle / "labelled")
+    assert real_source(csv_path) == (csv_path, None)
+    with pytest.raises(FileNotFoundError, match="without labels.csv"):
+        real_source(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a folder"):
+        real_source(tmp_path / "missing.csv")
+
+
+@pytest.mark.slow
+def test_train_takes_reviewed_labels_whose_images_lie_elsewhere(tmp_path, tiny_kaggle, capsys):
+    """``--real CSV:IMAGES`` (labels people gave to scans of another folder) is split and trained on like a
+    Kaggle-layout folder; a missing source is a clear error before any work."""
+    csv_path = tmp_path / "reviewed.csv"
+    csv_path.write_text((tiny_kaggle / "labels.csv").read_text())
+    common = ["train", "--synth", "0", "--real-repeat", "1", "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
+              "--workers", "0", "--metrics-port", "0", "--no-progress", *TINY]
+    assert cli([*common, "--real", str(tiny_kaggle), "--real", f"{csv_path}:{tiny_kaggle / 'labelled'}",
+                "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    folder_line = next(l for l in out.splitlines() if l.startswith(str(tiny_kaggle / "labels.csv")))
+    csv_line = next(l for l in out.splitlines() if l.startswith(str(csv_path)))
+    assert folder_line.split(": ", 1)[1] == csv_line.split(": ", 1)[1]  # the same rows, the same split
+    assert json.loads(load_checkpoint(tmp_path / "r" / "last.pt")["args"])["real"][1].endswith(":" + str(tiny_kaggle / "labelled"))
+    with pytest.raises(SystemExit, match="--real .*missing.csv"):
+        cli([*common, "--real", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m")])
