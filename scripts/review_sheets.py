@@ -26,8 +26,8 @@ from pathlib import Path
 ROWS_PER_SHEET = 20
 
 
-def sample(reads_csv: Path, below: float, count: int, seed: int) -> list[dict]:
-    rows = [r for r in csv.DictReader(open(reads_csv, newline="")) if float(r["CONFIDENCE"]) < below]
+def sample(reads_csv: Path, below: float, count: int, seed: int, above: float = 0.0) -> list[dict]:
+    rows = [r for r in csv.DictReader(open(reads_csv, newline="")) if above <= float(r["CONFIDENCE"]) < below]
     random.Random(seed).shuffle(rows)
     return rows[:count]
 
@@ -95,15 +95,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reads", type=Path, help="reads.csv from htr recognize --review-out")
     p.add_argument("--below", type=float, default=0.84, help="sample among reads less confident than this")
+    p.add_argument("--above", type=float, default=0.0,
+                   help="and at least this confident (a band: e.g. --above 0.84 --below 1.01 for the confident rest)")
     p.add_argument("--count", type=int, default=540, help="images to sample")
     p.add_argument("--seed", type=int, default=20261201)
     p.add_argument("--out", type=Path, required=True, help="folder for the sheets (sheetNN.png)")
     p.add_argument("--answers", type=Path, default=None, help="typed 'INDEX TEXT' lines -> --labels CSV")
     p.add_argument("--labels", type=Path, default=None, help="the Kaggle-layout CSV to write from --answers")
     args = p.parse_args(argv)
-    rows = sample(args.reads, args.below, args.count, args.seed)
+    rows = sample(args.reads, args.below, args.count, args.seed, args.above)
     if not rows:
-        print(f"error: no read below confidence {args.below} in {args.reads}", file=sys.stderr)
+        print(f"error: no read with confidence in [{args.above}, {args.below}) in {args.reads}", file=sys.stderr)
         return 1
     if args.answers:
         if not args.labels:
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.labels}: {kept} labelled, {skipped} skipped")
         return 0
     sheets = draw(rows, args.out)
-    print(f"{len(rows)} reads below {args.below} on {len(sheets)} sheets in {args.out}/ (rows {ROWS_PER_SHEET} each)")
+    print(f"{len(rows)} reads in [{args.above:g}, {args.below:g}) on {len(sheets)} sheets in {args.out}/ (rows {ROWS_PER_SHEET} each)")
     return 0
 
 

@@ -306,7 +306,7 @@ def test_review_sheets_sample_draw_and_turn_typed_answers_into_labels(tmp_path, 
            "--out", str(tmp_path / "sheets")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "13 reads below 0.5 on 1 sheets" in done.stdout  # confidences 0.00 .. 0.48
+    assert "13 reads in [0, 0.5) on 1 sheets" in done.stdout  # confidences 0.00 .. 0.48
     from PIL import Image
 
     sheet = Image.open(tmp_path / "sheets" / "sheet00.png")
