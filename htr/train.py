@@ -263,10 +263,13 @@ def _names_teacher(args, init_ckpt: dict | None) -> dict:
 
 def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, device, batch_size=64,
                  progress=True, stop=lambda: False, ctx: distributed.Context = distributed.Context(),
-                 decoder_options: dict | None = None, keep: float = 1.0) -> list[Sample]:
+                 decoder_options: dict | None = None, keep: float = 1.0,
+                 exclude: frozenset[str] = frozenset()) -> list[Sample]:
     """Read unlabelled images with a lexicon beam search (``decoder_options``: other ``CTCDecoder`` keywords,
     e.g. a name model and a soft lexicon); keep those at least ``threshold`` confident, and of those the
-    ``keep`` share that is most confident (per rank under torchrun).
+    ``keep`` share that is most confident (per rank under torchrun). Files named in ``exclude`` (images that
+    have a real label: reviewed scans of this folder) are not read: their label comes from people, and the
+    validation and eval parts of a real source must not come back into training as pseudo-labels.
 
     ``stop()`` is checked between batches: a run told to stop returns what it has labelled so far.
     Under torchrun each rank reads its shard (``ctx.shard``) of the sorted files; the caller gathers.
@@ -276,7 +279,8 @@ def pseudo_label(model, cfg, folder: Path, lexicon_words, threshold: float, devi
     from .ctc_decoder import CTCDecoder
     from .preprocess import decode_images, preprocess_batch
 
-    files = ctx.shard(sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
+    files = ctx.shard(sorted(p for p in folder.iterdir()
+                             if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.name not in exclude))
     codec = CTCDecoder(cfg, "beam", 10, lexicon_words or None, **(decoder_options or {}))
     kept = []
     model.eval()
@@ -380,9 +384,10 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         real_sources = [real_source(r) for r in (args.real if args.real is not None else [default_data_dir()])]
     except FileNotFoundError as e:
         raise SystemExit(f"error: --real {e}") from None
-    train_samples, val_samples = [], []
+    train_samples, val_samples, real_names = [], [], set()
     for labels_csv, images in real_sources:
         samples, report = read_kaggle(labels_csv, images, cfg.alphabet, keep_empty=True)
+        real_names.update(s.path.name for s in samples)
         tr, ev = split_samples(samples, args.eval_fraction)
         tr, va = split_train_val(tr, args.val_fraction)
         empty = sum(not s.text for s in tr)
@@ -395,6 +400,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         samples, report = read_kaggle(csv_path, images or None, cfg.alphabet)
         say(report)
         train_samples += samples
+        real_names.update(s.path.name for s in samples)
     if not val_samples:
         raise SystemExit("error: no validation images: give --real with a Kaggle-layout folder "
                          "(and a --val-fraction above 0)")
@@ -408,8 +414,13 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
         synth = SynthDataset(SynthGenerator(cfg.alphabet, names=names, seed=args.seed, blank_ratio=args.empty_ratio),
                              args.synth, args.seed)
     lexicon_words = None
+    real_names = frozenset(real_names)
     if args.pseudo:
         from .ctc_decoder import read_lexicon
+
+        overlap = sum(1 for p in args.pseudo.iterdir() if p.name in real_names)
+        if overlap:
+            say(f"pseudo-labelling skips the {overlap} images of {args.pseudo} that have a real label")
 
         lex_path = args.lexicon or names_path
         lexicon_words = read_lexicon(lex_path, cfg.alphabet) if lex_path else None
@@ -500,7 +511,7 @@ def _train(args, ctx: distributed.Context, device: torch.device) -> int:
                 labelled = pseudo_label(labeller, label_cfg, args.pseudo, lexicon_words, args.pseudo_threshold,
                                         device, progress=not args.no_progress and ctx.is_main,
                                         stop=lambda: stop["now"], ctx=ctx, decoder_options=pseudo_options,
-                                        keep=args.pseudo_keep)
+                                        keep=args.pseudo_keep, exclude=real_names)
                 labelled = ctx.gather_sorted(labelled, key=lambda s: s.path)  # every rank: the same training set
                 if stopping():  # the previous epoch's last.pt stays the resume point; --resume relabels
                     say("stopped while pseudo-labelling: this epoch is not trained", file=sys.stderr)

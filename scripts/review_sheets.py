@@ -5,7 +5,8 @@ Label Studio is not at hand (``htr label push`` is the service's loop; this is i
     htr recognize ../shared/data/kaggle_names/unlabelled --review-below 1.01 --review-max 20000 \\
         --review-out runs/review                                   # every read, with its confidence
     python scripts/review_sheets.py runs/review/reads.csv --below 0.84 --count 540 --out runs/sheets
-    # read each sheet, write "INDEX TEXT" lines (TEXT "?" = skip: unreadable, cut off, ambiguous) to
+    # read each sheet, write "INDEX TEXT" lines (TEXT "?" = skip: unreadable, cut off, ambiguous; "=" = the
+    # model's read is right, as submitting Label Studio's pre-filled read unchanged) to
     # runs/sheets/answers.txt, then:
     python scripts/review_sheets.py runs/review/reads.csv --below 0.84 --count 540 --out runs/sheets \\
         --answers runs/sheets/answers.txt --labels data/reviewed/mine.csv
@@ -82,7 +83,7 @@ def write_labels(rows: list[dict], answers: Path, labels_csv: Path) -> tuple[int
         for i, r in enumerate(rows):
             if given[i] == "?":
                 continue
-            text = normalize_label(given[i])
+            text = normalize_label(r["TEXT"] if given[i] == "=" else given[i])
             if text is None:
                 raise SystemExit(f"error: {answers}: row {i}: {given[i]!r} is not a label (characters outside the "
                                  f"alphabet, or EMPTY/UNREADABLE: use '?' to skip)")

@@ -5,6 +5,7 @@ import csv
 import json
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,3 +312,23 @@ def test_train_takes_reviewed_labels_whose_images_lie_elsewhere(tmp_path, tiny_k
     assert json.loads(load_checkpoint(tmp_path / "r" / "last.pt")["args"])["real"][1].endswith(":" + str(tiny_kaggle / "labelled"))
     with pytest.raises(SystemExit, match="--real .*missing.csv"):
         cli([*common, "--real", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m")])
+
+
+@pytest.mark.slow
+def test_images_with_a_real_label_are_not_pseudo_labelled(tmp_path, tiny_kaggle, kaggle_dir, checkpoint, capsys):
+    """A --pseudo folder that holds reviewed scans (labelled through --real CSV:IMAGES) reads only the others:
+    the people's label wins, and the validation / eval parts of a real source never come back as pseudo-labels."""
+    pseudo = tmp_path / "scans"
+    pseudo.mkdir()
+    labelled = sorted((tiny_kaggle / "labelled").glob("*.jpg"))[:6]
+    unlabelled = sorted((kaggle_dir / "unlabelled").glob("*.jpg"))[:6]
+    for p in labelled + unlabelled:
+        (pseudo / p.name).symlink_to(p)
+    assert cli(["train", "--init", str(checkpoint), "--real", str(tiny_kaggle), "--pseudo", str(pseudo),
+                "--pseudo-decoder", "names", "--pseudo-threshold", "0", "--pseudo-every", "1", "--synth", "0",
+                "--real-repeat", "1", "--epochs", "1", "--max-steps", "1", "--batch-size", "8", "--workers", "0",
+                "--metrics-port", "0", "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert f"pseudo-labelling skips the 6 images of {pseudo} that have a real label" in out
+    read = {Path(p).name for p, _ in load_checkpoint(tmp_path / "p" / "last.pt")["pseudo"]}
+    assert read and read <= {p.name for p in unlabelled}, read  # the shipped model reads most of these six
