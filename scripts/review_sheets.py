@@ -27,8 +27,10 @@ from pathlib import Path
 ROWS_PER_SHEET = 20
 
 
-def sample(reads_csv: Path, below: float, count: int, seed: int, above: float = 0.0) -> list[dict]:
-    rows = [r for r in csv.DictReader(open(reads_csv, newline="")) if above <= float(r["CONFIDENCE"]) < below]
+def sample(reads_csv: Path, below: float, count: int, seed: int, above: float = 0.0,
+           exclude: frozenset[str] = frozenset()) -> list[dict]:
+    rows = [r for r in csv.DictReader(open(reads_csv, newline=""))
+            if above <= float(r["CONFIDENCE"]) < below and r["FILENAME"] not in exclude]
     random.Random(seed).shuffle(rows)
     return rows[:count]
 
@@ -98,13 +100,16 @@ def main(argv=None) -> int:
     p.add_argument("--below", type=float, default=0.84, help="sample among reads less confident than this")
     p.add_argument("--above", type=float, default=0.0,
                    help="and at least this confident (a band: e.g. --above 0.84 --below 1.01 for the confident rest)")
+    p.add_argument("--exclude", type=Path, action="append", default=[],
+                   help="a labels CSV (FILENAME first) whose scans are already reviewed: left out; repeatable")
     p.add_argument("--count", type=int, default=540, help="images to sample")
     p.add_argument("--seed", type=int, default=20261201)
     p.add_argument("--out", type=Path, required=True, help="folder for the sheets (sheetNN.png)")
     p.add_argument("--answers", type=Path, default=None, help="typed 'INDEX TEXT' lines -> --labels CSV")
     p.add_argument("--labels", type=Path, default=None, help="the Kaggle-layout CSV to write from --answers")
     args = p.parse_args(argv)
-    rows = sample(args.reads, args.below, args.count, args.seed, args.above)
+    exclude = frozenset(r["FILENAME"] for f in args.exclude for r in csv.DictReader(open(f, newline="")))
+    rows = sample(args.reads, args.below, args.count, args.seed, args.above, exclude)
     if not rows:
         print(f"error: no read with confidence in [{args.above}, {args.below}) in {args.reads}", file=sys.stderr)
         return 1
