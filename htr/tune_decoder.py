@@ -69,13 +69,15 @@ def validation_logprobs(checkpoint: Path, data, val_fraction: float):
     from .preprocess import decode_images, preprocess_batch
 
     rec = OfflineRecognizer(checkpoint, decoder="greedy")
+    sources = list(data) if isinstance(data, (list, tuple)) else [data]
     val = []
-    for spec in data if isinstance(data, (list, tuple)) else [data]:
+    for spec in sources:
         samples, _ = read_kaggle(*real_source(spec), rec.cfg.alphabet)
         train, _ = split_samples(samples)
         val += split_train_val(train, val_fraction)[1]
     if not val:
-        raise SystemExit(f"error: no validation images in {data} (val fraction {val_fraction})")
+        raise SystemExit(f"error: no validation images in {', '.join(map(str, sources))} "
+                         f"(--val-fraction {val_fraction})")
     ic = rec.cfg.input
     pixels = preprocess_batch(decode_images([s.path.read_bytes() for s in val]), ic.height, ic.width, ic.binarize)
     logprobs = np.concatenate([rec.logprobs(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])

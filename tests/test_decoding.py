@@ -3,6 +3,7 @@ reads, ``htr eval``, ``htr tune-decoder`` and the served ``ctc_decode`` all use 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -101,6 +102,9 @@ def test_tune_decoder_pools_the_validation_parts_of_several_sources(tmp_path, ch
     assert main(["tune-decoder", "--checkpoint", str(checkpoint), "--name-model", str(lm_path), "--data",
                  str(tmp_path / "missing.csv")]) == 2
     assert "--data" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=re.escape(f"no validation images in {kaggle_dir}, {reviewed}:")):
+        main(["tune-decoder", "--checkpoint", str(checkpoint), "--name-model", str(lm_path), "--data", str(kaggle_dir),
+              "--data", f"{reviewed}:{kaggle_dir / 'labelled'}", "--val-fraction", "0"])
 
 
 def test_a_name_model_for_another_alphabet_is_refused(name_model):
