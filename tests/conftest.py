@@ -77,6 +77,16 @@ def triton(cpu_repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def scans(kaggle_dir, tmp_path_factory) -> Path:
+    """60 unlabelled scans to pseudo-label (images with a real label are never pseudo-labelled, so not the
+    labelled folder)."""
+    folder = tmp_path_factory.mktemp("scans")
+    for p in sorted((kaggle_dir / "unlabelled").glob("*.jpg"))[:60]:
+        (folder / p.name).symlink_to(p)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_kaggle(tmp_path_factory, kaggle_dir):
     """A Kaggle-layout folder with 60 real labelled images (the hash split still applies: 41 train / 19 held
     out), and their labels as the names corpus: the training smoke runs' data."""

@@ -158,16 +158,6 @@ def _worker(record: Path, argv: list[str]) -> int:
 # --- fixtures ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def scans(kaggle_dir, tmp_path_factory) -> Path:
-    """60 unlabelled scans to pseudo-label (images with a real label are never pseudo-labelled, so not the
-    labelled folder)."""
-    folder = tmp_path_factory.mktemp("scans")
-    for p in sorted((kaggle_dir / "unlabelled").glob("*.jpg"))[:60]:
-        (folder / p.name).symlink_to(p)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def common(tiny_kaggle, scans, tmp_path_factory) -> list[str]:
     """Flags of every job: 2 epochs, global batch 8, pseudo-labels (threshold 0: all reads) from an --init model."""
     from htr.cli import main as cli

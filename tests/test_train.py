@@ -156,7 +156,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 @pytest.mark.slow
-def test_init_at_a_new_input_size_first_pseudo_labels_with_the_init_model(tmp_path, tiny_kaggle, monkeypatch):
+def test_init_at_a_new_input_size_first_pseudo_labels_with_the_init_model(tmp_path, tiny_kaggle, scans,
+                                                                           monkeypatch):
     import htr.train as train_mod
 
     common = ["train", "--real", str(tiny_kaggle), "--synth", "0", "--real-repeat", "1", "--epochs", "1",
@@ -171,7 +172,7 @@ def test_init_at_a_new_input_size_first_pseudo_labels_with_the_init_model(tmp_pa
 
     monkeypatch.setattr(train_mod, "pseudo_label", spy)
     assert cli([*common, "--epochs", "2", "--max-steps", "100", "--pseudo-every", "1", "--pseudo",
-                str(tiny_kaggle / "labelled"), "--pseudo-threshold", "0", "--init", str(tmp_path / "a" / "last.pt"),
+                str(scans), "--pseudo-threshold", "0", "--init", str(tmp_path / "a" / "last.pt"),
                 "--height", "48", "--width", "320", "--out", str(tmp_path / "b")]) == 0
     ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
     assert ckpt["config"]["input"]["height"] == 48 and ckpt["config"]["input"]["width"] == 320
