@@ -169,6 +169,11 @@ def _successes(server) -> int:
 def test_metrics_count_requests(server):
     before = _successes(server)
     _http_infer(server)
+    # Triton counts a request after it has answered it: wait for the count, then check that it holds at one more
+    deadline = time.monotonic() + 10
+    while _successes(server) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     assert _successes(server) == before + 1
 
 
