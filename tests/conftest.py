@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,25 @@ def triton(cpu_repository, tmp_path_factory):
     server.start(ready_timeout=180)
     yield server
     server.stop()
+
+
+def _settled_count(read, at_least: int, timeout_s: float = 10.0, hold_s: float = 0.5) -> int:
+    """``read()`` (a request count of a live server) once it reaches ``at_least`` and ``hold_s`` later.
+
+    Triton records a request's statistics after it has sent the response (an ensemble's after its last step), so
+    a count read the instant the client returns can lag by a request. Wait for ``at_least``, then read again after
+    a pause so that an extra request would show too (the caller asserts the exact figure)."""
+    deadline = time.monotonic() + timeout_s
+    while read() < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(hold_s)
+    return read()
+
+
+@pytest.fixture
+def settled_count():
+    """:func:`_settled_count`: read a server's request count after the server has recorded it."""
+    return _settled_count
 
 
 @pytest.fixture(scope="session")

@@ -107,21 +107,6 @@ def request_count(triton, model) -> int:
     return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
 
 
-def settled_request_count(triton, model, at_least: int, timeout_s: float = 10.0) -> int:
-    """The model's success count once it reaches ``at_least`` and holds still.
-
-    Triton records a request's statistics after it has sent the response (an ensemble's after its last step), so
-    a count read the instant the client returns can lag by a request. Wait for ``at_least``, then read again after
-    a pause so that any extra request would show too (the caller asserts the exact figure)."""
-    deadline = time.monotonic() + timeout_s
-    count = request_count(triton, model)
-    while count < at_least and time.monotonic() < deadline:
-        time.sleep(0.05)
-        count = request_count(triton, model)
-    time.sleep(0.5)
-    return request_count(triton, model)
-
-
 # --- every input kind, protocol and preprocessing side reads the images as the offline pipeline -------
 
 
@@ -366,14 +351,14 @@ def test_cli_server_down_exits_non_zero_with_a_clear_message(corrupt_folder, cap
 
 
 @pytest.mark.parametrize("preprocess", ["server", "client"])
-def test_requests_are_split_at_max_batch_size(triton, labelled, expected, preprocess):
+def test_requests_are_split_at_max_batch_size(triton, labelled, expected, preprocess, settled_count):
     offline = expected[preprocess]
     model = "htr" if preprocess == "server" else "crnn"
     with HTRClient(triton.url_grpc, preprocess=preprocess) as client:
         assert client.max_batch_size == 64
         before = request_count(triton, model)
         preds = client.recognize(labelled)  # 150 images: 64 + 64 + 22
-        assert settled_request_count(triton, model, before + 3) - before == 3
+        assert settled_count(lambda: request_count(triton, model), before + 3) - before == 3
     assert_matches_offline(preds, offline)
     # one request of 65 is refused by the server: the split is what makes the call above work
     inp = grpcclient.InferInput("IMAGE_BYTES", [65, 1], "BYTES")

@@ -283,7 +283,6 @@ def _response_version(server) -> str:
         client.close()
 
 
-
 def test_review_sheets_sample_draw_and_turn_typed_answers_into_labels(tmp_path, kaggle_dir):
     """scripts/review_sheets.py: a seeded sample of the doubtful reads, drawn 20 to a sheet with each read beside
     its scan; the typed answers become a Kaggle-layout CSV (normalised, '?' skipped) that htr.data reads back."""
